@@ -1,0 +1,328 @@
+"""The signed API client: one HTTP exchange, and retries around it.
+
+Layers, outermost first: ``ApiClient.call`` retries one call under the retry
+policy; each attempt takes an in-flight slot and a rate token, then runs
+``_exchange``, which signs, sends, reads and classifies one HTTP response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ._config import ApiConfig, CrawlConfig
+from ._errors import (
+    ApiError,
+    EndpointError,
+    TargetError,
+    RequestTimeoutError,
+    ThrottledError,
+    TransientError,
+    classify_http_status,
+    classify_ret_code,
+    error_for,
+)
+from ._signing import sign
+from ._throttle import AdaptiveRate
+
+__all__ = ["ApiClient", "Stats", "parse_retry_after"]
+
+logger = logging.getLogger(__name__)
+
+# Retries may add at most this share of the requests made so far, plus a
+# small allowance, so that a broken upstream cannot set off a retry storm.
+_RETRY_BUDGET_SHARE = 0.25
+_RETRY_BUDGET_FLOOR = 50
+_MAX_THROTTLED_ATTEMPTS = 200  # throttling answers to one call before giving up
+_MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After is taken as this
+_CONNECT_TRIES_BEFORE_ANY_SUCCESS = 3  # a wrong endpoint should fail fast
+
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+_JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one crawl, read by the summary and by tests."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    failures: int = 0
+    repos: int = 0
+    images: int = 0
+    tags: int = 0
+    repasses: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed_s = time.monotonic() - self.started
+        return {
+            "repos": self.repos,
+            "images": self.images,
+            "tags": self.tags,
+            "requests": self.requests,
+            "retries": self.retries,
+            "throttled": self.throttled,
+            "failures": self.failures,
+            "repasses": self.repasses,
+            "elapsed_s": round(elapsed_s, 3),
+            "requests_per_s": round(self.requests / elapsed_s, 1) if elapsed_s else 0,
+        }
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header, or ``None`` if unusable.
+
+    Accepts delta-seconds and HTTP dates.  A date in the past, garbage or a
+    negative number gives ``None`` (use the normal backoff); an absurdly long
+    wait is cut to five minutes.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not seconds > 0:  # also rejects NaN
+        return None
+    return min(seconds, _MAX_RETRY_AFTER_S)
+
+
+def _request_url(endpoint: str) -> str:
+    return endpoint if urlsplit(endpoint).path else endpoint + "/"
+
+
+class ApiClient:
+    """A signed, rate-limited, retrying client for one API endpoint.
+
+    Use as an async context manager; ``call`` is safe to use from many tasks
+    at once, and never has more than ``concurrency`` requests in flight.
+    """
+
+    def __init__(
+        self, api: ApiConfig, crawl: CrawlConfig, stats: Stats | None = None
+    ) -> None:
+        self._api = api
+        self._crawl = crawl
+        self.stats = stats if stats is not None else Stats()
+        self.rate = AdaptiveRate(crawl.rate_per_s)
+        self._url = _request_url(api.endpoint)
+        self._slots = asyncio.Semaphore(crawl.concurrency)
+        self._session: aiohttp.ClientSession | None = None
+        self._ever_succeeded = False
+
+    async def __aenter__(self) -> ApiClient:
+        connector = aiohttp.TCPConnector(
+            limit=self._crawl.concurrency, ttl_dns_cache=300, keepalive_timeout=30
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self._api.connect_timeout_s,
+            sock_read=self._api.timeout_s,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": "crawler/0.1"},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(
+        self, action: str, params: Mapping[str, object], expect: str | None = None
+    ) -> dict[str, Any]:
+        """Make one API call, retrying transient failures; return the response.
+
+        With ``expect``, the response must also hold an integer ``TotalCount``
+        and a list under that key, or the answer counts as a transient fault.
+
+        Raises the ``ApiError`` subclass that the retry policy assigns when
+        the call fails for good, with ``params`` and ``attempts`` filled in.
+        """
+        attempt = throttled = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(action, params, expect)
+            except ThrottledError as exc:
+                throttled += 1
+                self.stats.throttled += 1
+                self.rate.throttled(exc.retry_after_s)
+                if throttled > _MAX_THROTTLED_ATTEMPTS:
+                    raise self._give_up(exc, params, attempt) from None
+                delay_s = exc.retry_after_s or self._backoff_s(throttled)
+            except TransientError as exc:
+                if not self._may_retry(exc, attempt - throttled):
+                    raise self._give_up(exc, params, attempt) from None
+                delay_s = exc.retry_after_s or self._backoff_s(attempt - throttled)
+                logger.debug("retrying %s in %.2fs: %s", action, delay_s, exc)
+            except TargetError as exc:
+                if exc.http_status is not None and not self._ever_succeeded:
+                    raise EndpointError(
+                        f"{self._api.endpoint} answered HTTP {exc.http_status}, "
+                        "not the API; check api.endpoint or --endpoint",
+                        action=action,
+                        http_status=exc.http_status,
+                    ) from None
+                raise self._give_up(exc, params, attempt) from None
+            except ApiError as exc:
+                raise self._give_up(exc, params, attempt) from None
+            self.stats.retries += 1
+            await asyncio.sleep(delay_s)
+
+    def _may_retry(self, exc: TransientError, failures: int) -> bool:
+        if failures > self._crawl.max_retries:
+            return False
+        if not self._ever_succeeded and exc.http_status is None and (
+            isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+        ):
+            if failures >= _CONNECT_TRIES_BEFORE_ANY_SUCCESS:
+                raise EndpointError(
+                    f"cannot connect to {self._api.endpoint} ({exc.message}); "
+                    "check api.endpoint or --endpoint",
+                    action=exc.action,
+                ) from None
+        budget = _RETRY_BUDGET_FLOOR + _RETRY_BUDGET_SHARE * self.stats.requests
+        return self.stats.retries < budget
+
+    def _backoff_s(self, failures: int) -> float:
+        """Exponential backoff with full jitter, capped."""
+        crawl = self._crawl
+        ceiling = min(crawl.backoff_cap_s, crawl.backoff_base_s * 2 ** (failures - 1))
+        return random.uniform(0, ceiling)
+
+    def _give_up(
+        self, exc: ApiError, params: Mapping[str, object], attempts: int
+    ) -> ApiError:
+        exc.params = dict(params)
+        exc.attempts = attempts
+        return exc
+
+    async def _attempt(
+        self, action: str, params: Mapping[str, object], expect: str | None
+    ) -> dict[str, Any]:
+        async with self._slots:
+            await self.rate.acquire()
+            self.stats.requests += 1
+            try:
+                async with asyncio.timeout(self._api.timeout_s):
+                    doc = await self._exchange(action, params, expect)
+            except TimeoutError as exc:
+                raise RequestTimeoutError(
+                    f"no complete answer within {self._api.timeout_s:g}s",
+                    action=action,
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise TransientError(
+                    f"{type(exc).__name__}: {exc}", action=action
+                ) from exc
+        self._ever_succeeded = True
+        self.rate.succeeded()
+        return doc
+
+    async def _exchange(
+        self, action: str, params: Mapping[str, object], expect: str | None
+    ) -> dict[str, Any]:
+        assert self._session is not None, "use ApiClient as 'async with'"
+        signed: dict[str, object] = {"Action": action, **params}
+        signed["PublicKey"] = self._api.public_key
+        signed["Signature"] = sign(signed, self._api.private_key)
+        method = self._api.method
+        if method == "get":
+            query = urlencode(signed, quote_via=quote, safe="")
+            request = self._session.get(URL(f"{self._url}?{query}", encoded=True))
+        elif method == "form":
+            body = urlencode(signed, quote_via=quote, safe="")
+            request = self._session.post(self._url, data=body, headers=_FORM)
+        else:
+            request = self._session.post(
+                self._url, data=orjson.dumps(signed), headers=_JSON
+            )
+        async with request as response:
+            body_bytes = await response.read()
+            status = response.status
+            retry_after = response.headers.get("Retry-After")
+        return _parse(action, status, body_bytes, retry_after, expect)
+
+
+def _parse(
+    action: str,
+    status: int,
+    body: bytes,
+    retry_after: str | None,
+    expect: str | None,
+) -> dict[str, Any]:
+    """Turn one HTTP response into a document, or raise what it means."""
+    doc: Any = None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    if not isinstance(doc, dict):
+        doc = {}
+    if status != 200:
+        exc = error_for(
+            classify_http_status(status),
+            str(doc.get("Message") or _snippet(body)),
+            action=action,
+            http_status=status,
+        )
+        exc.retry_after_s = parse_retry_after(retry_after)
+        raise exc
+    ret_code = doc.get("RetCode")
+    if not isinstance(ret_code, int):
+        raise TransientError(
+            f"answer is not an API response: {_snippet(body)!r}", action=action
+        )
+    if ret_code != 0:
+        exc = error_for(
+            classify_ret_code(ret_code),
+            str(doc.get("Message") or "no message"),
+            action=action,
+            ret_code=ret_code,
+        )
+        exc.retry_after_s = parse_retry_after(retry_after)
+        raise exc
+    if expect is not None and not (
+        type(doc.get("TotalCount")) is int and type(doc.get(expect)) is list
+    ):
+        raise TransientError(
+            f"answer lacks TotalCount or {expect}: {_snippet(body)!r}",
+            action=action,
+        )
+    return doc
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:80].decode("utf-8", "replace").strip()
+    return " ".join(text.split()) or "empty body"

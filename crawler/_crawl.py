@@ -1,0 +1,407 @@
+"""The crawl: discovery of repositories and images feeding the tag readers.
+
+Work flows through two bounded queues, so memory stays flat however large the
+registry is::
+
+    projects -> repository listings -> repo queue -> image listings
+             -> image queue -> tag listings -> consumer
+
+Every stage starts as soon as its queue has work: tags flow while the
+repositories are still being listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Protocol
+
+from ._client import ApiClient, Stats
+from ._config import Config, require_keys
+from ._errors import ApiError, FatalError, ProjectError
+from ._models import ImageRef, Tag
+from ._paging import Listing, Rows, read_listing
+
+__all__ = ["Consumer", "TagCrawler", "failure_record"]
+
+logger = logging.getLogger(__name__)
+
+_DONE = None  # queue sentinel: no more work
+
+
+class Consumer(Protocol):
+    """Where a crawl's results go."""
+
+    async def rows(self, image: ImageRef, rows: Rows) -> None:
+        """New tag rows (the API's TagSet dicts) of ``image``."""
+
+    async def done(self, image: ImageRef, count: int) -> None:
+        """Every tag of ``image`` has been handed to ``rows``."""
+
+    async def failed(self, record: dict[str, Any]) -> None:
+        """A target failed for good; ``record`` says which and why."""
+
+
+def failure_record(exc: ApiError, message: str | None = None) -> dict[str, Any]:
+    """The errors-sink line for a call that failed for good."""
+    return {
+        "action": exc.action,
+        "params": {
+            name: value
+            for name, value in exc.params.items()
+            if name not in ("Signature", "PublicKey")
+        },
+        "ret_code": exc.ret_code,
+        "http_status": exc.http_status,
+        "message": message or exc.message,
+        "attempts": exc.attempts,
+    }
+
+
+def _scope(project_id: str | None, **params: object) -> dict[str, object]:
+    if project_id is not None:
+        params["ProjectId"] = project_id
+    return params
+
+
+class _Crawl:
+    """One run over the configured projects, handing results to a consumer."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        config: Config,
+        consumer: Consumer,
+        skip: Callable[[ImageRef], bool] = lambda image: False,
+    ) -> None:
+        self._client = client
+        self._crawl = config.crawl
+        self._consumer = consumer
+        self._skip = skip
+        self._failed_projects: set[str | None] = set()
+        workers = config.crawl.concurrency
+        self._repo_workers = max(2, workers // 4)
+        self._image_workers = workers
+        self._repos: asyncio.Queue[tuple[str | None, str] | None] = asyncio.Queue(
+            workers
+        )
+        self._images: asyncio.Queue[ImageRef | None] = asyncio.Queue(2 * workers)
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                repo_tasks = [
+                    group.create_task(self._repo_worker())
+                    for _ in range(self._repo_workers)
+                ]
+                image_tasks = [
+                    group.create_task(self._image_worker())
+                    for _ in range(self._image_workers)
+                ]
+                await self._discover()
+                await self._finish(self._repos, repo_tasks)
+                await self._finish(self._images, image_tasks)
+        except BaseExceptionGroup as group_exc:
+            raise _first_cause(group_exc) from None
+
+    @staticmethod
+    async def _finish(
+        queue: asyncio.Queue[Any], workers: list[asyncio.Task[None]]
+    ) -> None:
+        """Tell ``workers`` there is no more work, and wait for them."""
+        for _ in workers:
+            await queue.put(_DONE)
+        await asyncio.gather(*workers)
+
+    async def _discover(self) -> None:
+        projects: Iterable[str | None] = self._crawl.projects or (None,)
+        async with asyncio.TaskGroup() as group:
+            for project_id in projects:
+                group.create_task(self._discover_project(project_id))
+
+    async def _discover_project(self, project_id: str | None) -> None:
+        crawl = self._crawl
+        for repo_name, image_name in crawl.images:
+            await self._images.put(ImageRef(project_id, repo_name, image_name))
+        for repo_name in crawl.repos:
+            await self._repos.put((project_id, repo_name))
+        if crawl.images or crawl.repos:
+            return
+        async with asyncio.TaskGroup() as group:
+            for repo_type in crawl.repo_types:
+                listing = self._list_repos(project_id, repo_type)
+                group.create_task(self._guarded(project_id, listing))
+
+    async def _list_repos(self, project_id: str | None, repo_type: str) -> None:
+        async def found(rows: Rows) -> None:
+            self._client.stats.repos += len(rows)
+            for row in rows:
+                await self._repos.put((project_id, row["RepoName"]))
+
+        params = _scope(project_id, Type=repo_type)
+        await self._read(self._listing("GetRepo", params, "Repo", found))
+
+    async def _repo_worker(self) -> None:
+        while (item := await self._repos.get()) is not _DONE:
+            project_id, repo_name = item
+            if project_id in self._failed_projects:
+                continue
+
+            async def found(rows: Rows, project_id: str | None = project_id) -> None:
+                for row in rows:
+                    image = ImageRef(project_id, repo_name, row["ImageName"])
+                    await self._images.put(image)
+
+            params = _scope(project_id, RepoName=repo_name)
+            listing = self._listing("GetRepoImage", params, "Image", found)
+            await self._guarded(project_id, self._read(listing))
+
+    async def _image_worker(self) -> None:
+        while (image := await self._images.get()) is not _DONE:
+            if image.project_id in self._failed_projects or self._skip(image):
+                continue
+            await self._guarded(image.project_id, self._read_image(image))
+
+    async def _read_image(self, image: ImageRef) -> None:
+        consumer = self._consumer
+
+        async def found(rows: Rows) -> None:
+            self._client.stats.tags += len(rows)
+            await consumer.rows(image, rows)
+
+        params = _scope(
+            image.project_id, RepoName=image.repo_name, ImageName=image.image_name
+        )
+        listing = self._listing("GetImageTag", params, "Tag", found)
+        if await self._read(listing):
+            self._client.stats.images += 1
+            await consumer.done(image, len(listing.seen))
+
+    def _listing(
+        self,
+        action: str,
+        params: dict[str, object],
+        noun: str,
+        on_rows: Callable[[Rows], Awaitable[None]],
+    ) -> Listing:
+        return Listing(
+            client=self._client,
+            action=action,
+            params=params,
+            set_key=f"{noun}Set",
+            name_key=f"{noun}Name",
+            page_size=self._crawl.page_size,
+            fan_out=self._crawl.concurrency,
+            on_rows=on_rows,
+        )
+
+    async def _read(self, listing: Listing) -> bool:
+        """Read a listing to the end; a listing that never settles is kept as
+        found and reported as a failure."""
+        if await read_listing(listing, self._crawl.max_passes):
+            return True
+        message = (
+            f"the listing kept changing over {listing.passes} passes; "
+            f"exported the {len(listing.seen)} names seen"
+        )
+        logger.warning("%s %s: %s", listing.action, dict(listing.params), message)
+        self._client.stats.failures += 1
+        await self._consumer.failed(
+            {
+                "action": listing.action,
+                "params": dict(listing.params),
+                "ret_code": None,
+                "http_status": None,
+                "message": message,
+                "attempts": listing.passes,
+            }
+        )
+        return False
+
+    async def _guarded(self, project_id: str | None, work: Awaitable[Any]) -> None:
+        """Run one target; its failure is recorded and the crawl goes on."""
+        try:
+            await work
+        except ProjectError as exc:
+            await self._project_failed(project_id, exc)
+        except FatalError:
+            raise
+        except ApiError as exc:
+            logger.warning("giving up on %s %s: %s", exc.action, exc.params, exc)
+            self._client.stats.failures += 1
+            await self._consumer.failed(failure_record(exc))
+
+    async def _project_failed(self, project_id: str | None, exc: ApiError) -> None:
+        if project_id in self._failed_projects:
+            return
+        self._failed_projects.add(project_id)
+        logger.warning("giving up on project %s: %s", project_id or "(default)", exc)
+        self._client.stats.failures += 1
+        await self._consumer.failed(failure_record(exc))
+
+
+def _first_cause(group_exc: BaseExceptionGroup[Any]) -> BaseException:
+    """The exception that brought a task group down, fatal errors first."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group_exc)
+    for leaf in leaves:
+        if not isinstance(leaf, asyncio.CancelledError):
+            return leaf
+    return leaves[0]
+
+
+class _QueueConsumer:
+    """Turns the crawl into ``Tag`` records for an ``async for`` loop.
+
+    The queue itself is unbounded so that the end-of-crawl marker can always
+    be put; ``_room`` bounds the batches waiting in it.
+    """
+
+    def __init__(self, failures: list[dict[str, Any]]) -> None:
+        self.queue: asyncio.Queue[list[Tag] | None] = asyncio.Queue()
+        self._room = asyncio.Semaphore(64)
+        self._failures = failures
+
+    async def get(self) -> list[Tag] | None:
+        batch = await self.queue.get()
+        self._room.release()
+        return batch
+
+    def close(self) -> None:
+        self._room.release()  # the marker's slot, taken back by get()
+        self.queue.put_nowait(None)
+
+    async def rows(self, image: ImageRef, rows: Rows) -> None:
+        await self._room.acquire()
+        self.queue.put_nowait(_to_tags(image, rows))
+
+    async def done(self, image: ImageRef, count: int) -> None:
+        pass
+
+    async def failed(self, record: dict[str, Any]) -> None:
+        self._failures.append(record)
+
+
+def _to_tags(image: ImageRef, rows: Rows) -> list[Tag]:
+    project_id, repo_name, image_name = (
+        image.project_id,
+        image.repo_name,
+        image.image_name,
+    )
+    return [
+        Tag(
+            project_id,
+            repo_name,
+            image_name,
+            row["TagName"],
+            row.get("Digest"),
+            row.get("UpdateTime"),  # type: ignore[arg-type]
+        )
+        for row in rows
+    ]
+
+
+class TagCrawler:
+    """Crawl a registry's image tags.
+
+    ::
+
+        async with TagCrawler(config) as crawler:
+            async for tag in crawler.tags():
+                print(tag.repo_name, tag.image_name, tag.tag_name)
+
+    Targets that fail for good are skipped and listed in ``failures``; a
+    ``FatalError`` (refused keys, unreachable endpoint) ends the iteration.
+    ``stats`` counts requests, retries, tags and more as the crawl goes.
+    """
+
+    def __init__(self, config: Config, *, stats: Stats | None = None) -> None:
+        require_keys(config)
+        self.config = config
+        self.stats = stats if stats is not None else Stats()
+        self.failures: list[dict[str, Any]] = []
+        self._client = ApiClient(config.api, config.crawl, self.stats)
+
+    async def __aenter__(self) -> TagCrawler:
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._client.__aexit__(exc_type, exc, tb)
+
+    async def run(
+        self,
+        consumer: Consumer,
+        skip: Callable[[ImageRef], bool] = lambda image: False,
+    ) -> None:
+        """Crawl everything configured into ``consumer``; images for which
+        ``skip`` returns true are left out (used to resume a crawl)."""
+        await _Crawl(self._client, self.config, consumer, skip).run()
+
+    async def tags(self) -> AsyncIterator[Tag]:
+        """Every tag of the configured projects, as they arrive."""
+        consumer = _QueueConsumer(self.failures)
+        crawl = asyncio.create_task(self._feed(consumer))
+        try:
+            while (batch := await consumer.get()) is not None:
+                for tag in batch:
+                    yield tag
+            await crawl  # re-raise what stopped the crawl, if anything
+        finally:
+            if not crawl.done():
+                crawl.cancel()
+                await asyncio.gather(crawl, return_exceptions=True)
+
+    async def _feed(self, consumer: _QueueConsumer) -> None:
+        try:
+            await self.run(consumer)
+        finally:
+            consumer.close()
+
+    async def image_tags(
+        self,
+        repo_name: str,
+        image_name: str,
+        *,
+        project_id: str | None = None,
+        tag_name: str | None = None,
+    ) -> list[Tag]:
+        """Every tag of one image (or just ``tag_name``), read completely."""
+        tags: list[Tag] = []
+        image = ImageRef(project_id, repo_name, image_name)
+
+        async def found(rows: Rows) -> None:
+            tags.extend(_to_tags(image, rows))
+
+        params = _scope(project_id, RepoName=repo_name, ImageName=image_name)
+        if tag_name is not None:
+            params["TagName"] = tag_name
+        crawl = self.config.crawl
+        listing = Listing(
+            client=self._client,
+            action="GetImageTag",
+            params=params,
+            set_key="TagSet",
+            name_key="TagName",
+            page_size=crawl.page_size,
+            fan_out=crawl.concurrency,
+            on_rows=found,
+        )
+        await read_listing(listing, crawl.max_passes)
+        self.stats.tags += len(tags)
+        return tags

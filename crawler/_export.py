@@ -1,0 +1,310 @@
+"""The JSON Lines export, its errors sink and its resume checkpoint.
+
+A file export is written to ``PATH.part`` and renamed to ``PATH`` only when
+the crawl ends, so a reader never sees half an export.  Beside it,
+``PATH.checkpoint`` lists the images whose tags are all in ``PATH.part``; it
+is appended to only after those tags were flushed, so after a kill at any
+moment the checkpoint never claims more than the part file holds.  Resuming
+keeps the part file's rows of checkpointed images, drops the rest, and
+crawls only what is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+
+from ._errors import OutputError
+from ._models import ImageRef
+from ._paging import Rows
+
+__all__ = ["JsonlExport"]
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_VERSION = 1
+_FLUSH_BYTES = 1 << 18  # write the row buffer out once it holds this much
+_CHECKPOINT_EVERY_S = 1.0  # and record finished images at least this often
+
+ImageKey = tuple[str | None, str, str]
+
+
+def _key(image: ImageRef) -> ImageKey:
+    return (image.project_id, image.repo_name, image.image_name)
+
+
+def _prefix(image: ImageRef) -> bytes:
+    """The constant start of every line of one image, up to the tag name."""
+    head = orjson.dumps(
+        {
+            "project_id": image.project_id,
+            "repo_name": image.repo_name,
+            "image_name": image.image_name,
+        }
+    )
+    return head[:-1] + b',"tag_name":'
+
+
+class JsonlExport:
+    """A crawl consumer writing JSON Lines to a file or to standard output.
+
+    Use ``open`` before the crawl and ``commit`` (complete) or ``close``
+    (interrupted: keep the part file and checkpoint for ``--resume``) after.
+    """
+
+    def __init__(
+        self, path: str, errors_path: str, fingerprint: dict[str, Any]
+    ) -> None:
+        self.path = path
+        self.errors_path = errors_path
+        self.to_stdout = path == "-"
+        self.part_path = path + ".part"
+        self.checkpoint_path = path + ".checkpoint"
+        self._fingerprint = fingerprint
+        self._out: IO[bytes] | None = None
+        self._errors: IO[bytes] | None = None
+        self._checkpoint: IO[bytes] | None = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._finished: list[bytes] = []
+        self._last_checkpoint = time.monotonic()
+        self.done_images: set[ImageKey] = set()
+        self.resumed_tags = 0
+        self.failures = 0
+
+    # -- set-up and tear-down ---------------------------------------------
+
+    def open(self, resume: bool) -> None:
+        """Open the sinks; with ``resume``, keep what a previous run finished."""
+        with self._guard(self.errors_path):
+            self._errors = open(self.errors_path + ".part", "wb")
+        if self.to_stdout:
+            self._out = sys.stdout.buffer
+            return
+        with self._guard(self.path):
+            if resume and self._load_checkpoint():
+                return
+            self._out = open(self.part_path, "wb")
+            self._checkpoint = open(self.checkpoint_path, "wb")
+            self._write_checkpoint_header()
+
+    def skip(self, image: ImageRef) -> bool:
+        """Whether ``image`` was finished by the run being resumed."""
+        return _key(image) in self.done_images
+
+    def commit(self) -> None:
+        """The crawl ended: put the export and its errors in place.
+
+        The checkpoint is kept when targets failed, so that ``--resume``
+        retries only those.
+        """
+        self.flush()
+        if self._out is not None and not self.to_stdout:
+            with self._guard(self.path):
+                self._out.flush()
+                os.fsync(self._out.fileno())
+                self._out.close()
+                os.replace(self.part_path, self.path)
+        self._out = None
+        self._close_checkpoint(remove=self.failures == 0)
+        self._close_errors(publish=True)
+
+    def close(self) -> None:
+        """The crawl stopped early: flush, keep the part file and checkpoint."""
+        try:
+            self.flush()
+        finally:
+            if self._out is not None and not self.to_stdout:
+                self._out.close()
+            self._out = None
+            self._close_checkpoint(remove=False)
+            self._close_errors(publish=True)
+
+    # -- the consumer interface -------------------------------------------
+
+    async def rows(self, image: ImageRef, rows: Rows) -> None:
+        prefix = _prefix(image)
+        dumps = orjson.dumps
+        lines = [
+            b"".join(
+                (
+                    prefix,
+                    dumps(row["TagName"]),
+                    b',"digest":',
+                    dumps(row.get("Digest")),
+                    b',"update_time":',
+                    dumps(row.get("UpdateTime")),
+                    b"}\n",
+                )
+            )
+            for row in rows
+        ]
+        chunk = b"".join(lines)
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= _FLUSH_BYTES:
+            self._write_rows()
+
+    async def done(self, image: ImageRef, count: int) -> None:
+        if self._checkpoint is None:
+            return
+        self._finished.append(
+            orjson.dumps({"done": _key(image), "tags": count}) + b"\n"
+        )
+        if time.monotonic() - self._last_checkpoint >= _CHECKPOINT_EVERY_S:
+            self.flush()
+
+    async def failed(self, record: dict[str, Any]) -> None:
+        self.failures += 1
+        if self._errors is not None:
+            with self._guard(self.errors_path):
+                self._errors.write(orjson.dumps(record) + b"\n")
+                self._errors.flush()
+
+    def flush(self) -> None:
+        """Write buffered rows, then record the images they finish."""
+        self._write_rows()
+        if self._out is not None:
+            with self._guard(self.path):
+                self._out.flush()
+        if self._checkpoint is not None and self._finished:
+            with self._guard(self.checkpoint_path):
+                self._checkpoint.write(b"".join(self._finished))
+                self._checkpoint.flush()
+            self._finished.clear()
+        self._last_checkpoint = time.monotonic()
+
+    # -- internals --------------------------------------------------------
+
+    def _write_rows(self) -> None:
+        if not self._buffer or self._out is None:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        with self._guard(self.path):
+            self._out.write(data)
+
+    def _guard(self, path: str) -> _OutputGuard:
+        return _OutputGuard(path)
+
+    def _write_checkpoint_header(self) -> None:
+        assert self._checkpoint is not None
+        header = {"checkpoint": _CHECKPOINT_VERSION, "crawl": self._fingerprint}
+        self._checkpoint.write(orjson.dumps(header) + b"\n")
+        self._checkpoint.flush()
+
+    def _load_checkpoint(self) -> bool:
+        """Keep the finished images of a previous run; return whether there
+        was one to resume."""
+        source = self.part_path
+        if not os.path.exists(source):
+            source = self.path  # that run ended with failures: retry them
+        try:
+            with open(self.checkpoint_path, "rb") as file:
+                lines = file.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if not lines or not os.path.exists(source):
+            logger.warning("nothing to resume at %s; starting afresh", self.path)
+            return False
+        if _header_of(lines[0]) != self._fingerprint:
+            raise OutputError(
+                f"{self.checkpoint_path} belongs to a crawl with other settings; "
+                "run again without --resume to start afresh"
+            )
+        done = self._read_finished(lines[1:])
+        kept = self._rewrite_part(source, done)
+        self.done_images = done
+        self.resumed_tags = kept
+        self._out = open(self.part_path, "ab")
+        self._checkpoint = open(self.checkpoint_path, "wb")
+        self._write_checkpoint_header()
+        self._finished = [
+            orjson.dumps({"done": key}) + b"\n" for key in sorted(done, key=str)
+        ]
+        self.flush()
+        logger.info(
+            "resuming: %d images (%d tags) already exported", len(done), kept
+        )
+        return True
+
+    @staticmethod
+    def _read_finished(lines: list[bytes]) -> set[ImageKey]:
+        done: set[ImageKey] = set()
+        for line in lines:
+            try:
+                project_id, repo_name, image_name = orjson.loads(line)["done"]
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                break  # a line cut short by the kill: everything before is good
+            done.add((project_id, repo_name, image_name))
+        return done
+
+    def _rewrite_part(self, source: str, done: set[ImageKey]) -> int:
+        """Keep only rows of finished images; return how many."""
+        kept = 0
+        tmp = self.part_path + ".tmp"
+        with open(source, "rb") as old, open(tmp, "wb") as new:
+            for line in old:
+                try:
+                    row = orjson.loads(line)
+                    key = (row["project_id"], row["repo_name"], row["image_name"])
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    continue  # the last line, cut short by the kill
+                if key in done:
+                    new.write(line)
+                    kept += 1
+        os.replace(tmp, self.part_path)
+        return kept
+
+    def _close_checkpoint(self, remove: bool) -> None:
+        if self._checkpoint is not None:
+            self._checkpoint.close()
+            self._checkpoint = None
+            if remove:
+                os.unlink(self.checkpoint_path)
+
+    def _close_errors(self, publish: bool) -> None:
+        if self._errors is None:
+            return
+        self._errors.close()
+        self._errors = None
+        if publish:
+            with self._guard(self.errors_path):
+                os.replace(self.errors_path + ".part", self.errors_path)
+
+
+def _header_of(line: bytes) -> object:
+    try:
+        header = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return header.get("crawl") if isinstance(header, dict) else None
+
+
+class _OutputGuard:
+    """Turns an ``OSError`` on an output file into a one-line ``OutputError``."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            reason = exc.strerror or str(exc)
+            hint = (
+                "free some space, then run again with --resume"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "choose a writable location with --out / --errors"
+            )
+            raise OutputError(f"cannot write {self.path}: {reason}; {hint}") from exc
