@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from functools import lru_cache
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
@@ -34,10 +35,10 @@ from ._errors import (
     classify_ret_code,
     error_for,
 )
-from ._signing import sign
+from ._signing import format_value, sign
 from ._throttle import AdaptiveRate
 
-__all__ = ["ApiClient", "Stats", "parse_retry_after"]
+__all__ = ["ApiClient", "Stats", "encode_params", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,29 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not seconds > 0:  # also rejects NaN
         return None
     return min(seconds, _MAX_RETRY_AFTER_S)
+
+
+@lru_cache(maxsize=8192)
+def _quote(text: str) -> str:
+    # Names, keys and actions repeat on every page of a listing: quote each
+    # distinct one once.
+    return quote(text, safe="")
+
+
+def encode_params(params: Mapping[str, object]) -> str:
+    """Percent-encode ``params`` as a query string or form body.
+
+    Values are rendered exactly as they were signed, then every byte outside
+    the unreserved set is escaped (a space as ``%20``, ``+`` as ``%2B``), so
+    the server decodes exactly what was signed.
+    """
+    return "&".join(
+        [
+            f"{_quote(name)}="
+            f"{_quote(value if type(value) is str else format_value(value))}"
+            for name, value in params.items()
+        ]
+    )
 
 
 def _request_url(endpoint: str) -> str:
@@ -259,10 +283,10 @@ class ApiClient:
         signed["Signature"] = sign(signed, self._api.private_key)
         method = self._api.method
         if method == "get":
-            query = urlencode(signed, quote_via=quote, safe="")
+            query = encode_params(signed)
             request = self._session.get(URL(f"{self._url}?{query}", encoded=True))
         elif method == "form":
-            body = urlencode(signed, quote_via=quote, safe="")
+            body = encode_params(signed)
             request = self._session.post(self._url, data=body, headers=_FORM)
         else:
             request = self._session.post(
