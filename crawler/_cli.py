@@ -167,7 +167,7 @@ async def export(config: Config, resume: bool, stats: Stats) -> int:
             await crawler.run(sink, skip=sink.skip)
     except BaseException:
         sink.close()
-        if not sink.to_stdout:
+        if not sink.to_stdout and stats.tags:
             logger.warning(
                 "the export so far is kept in %s; "
                 "run again with --resume to continue",
@@ -189,9 +189,14 @@ async def _crawl_command(args: argparse.Namespace) -> int:
     config = _configure(args)
     stats = Stats()
     try:
-        return await export(config, args.resume, stats)
-    finally:
-        _summary(args, stats)
+        status = await export(config, args.resume, stats)
+    except CrawlerError:
+        raise  # its one-line message says it all
+    except BaseException:
+        _summary(args, stats)  # interrupted: say how far it got
+        raise
+    _summary(args, stats)
+    return status
 
 
 async def _tags_command(args: argparse.Namespace) -> int:

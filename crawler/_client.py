@@ -14,9 +14,9 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any
 from functools import lru_cache
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -27,8 +27,8 @@ from ._config import ApiConfig, CrawlConfig
 from ._errors import (
     ApiError,
     EndpointError,
-    TargetError,
     RequestTimeoutError,
+    TargetError,
     ThrottledError,
     TransientError,
     classify_http_status,
@@ -155,7 +155,7 @@ class ApiClient:
         self._session: aiohttp.ClientSession | None = None
         self._ever_succeeded = False
 
-    async def __aenter__(self) -> ApiClient:
+    async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(
             limit=self._crawl.concurrency, ttl_dns_cache=300, keepalive_timeout=30
         )
@@ -227,15 +227,18 @@ class ApiClient:
     def _may_retry(self, exc: TransientError, failures: int) -> bool:
         if failures > self._crawl.max_retries:
             return False
-        if not self._ever_succeeded and exc.http_status is None and (
-            isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+        cause = exc.__cause__
+        if (
+            not self._ever_succeeded
+            and isinstance(cause, aiohttp.ClientConnectorError)
+            and failures >= _CONNECT_TRIES_BEFORE_ANY_SUCCESS
         ):
-            if failures >= _CONNECT_TRIES_BEFORE_ANY_SUCCESS:
-                raise EndpointError(
-                    f"cannot connect to {self._api.endpoint} ({exc.message}); "
-                    "check api.endpoint or --endpoint",
-                    action=exc.action,
-                ) from None
+            reason = cause.os_error.strerror or str(cause.os_error)
+            raise EndpointError(
+                f"cannot connect to {self._api.endpoint}: {reason}; "
+                "check api.endpoint or --endpoint",
+                action=exc.action,
+            ) from None
         budget = _RETRY_BUDGET_FLOOR + _RETRY_BUDGET_SHARE * self.stats.requests
         return self.stats.retries < budget
 
@@ -344,7 +347,8 @@ def _parse(
             f"answer lacks TotalCount or {expect}: {_snippet(body)!r}",
             action=action,
         )
-    return doc
+    result: dict[str, Any] = doc
+    return result
 
 
 def _snippet(body: bytes) -> str:

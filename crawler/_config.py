@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 from ._errors import ConfigError
 
 __all__ = [
+    "DEFAULT_ENDPOINT",
     "ApiConfig",
     "Config",
     "CrawlConfig",
-    "DEFAULT_ENDPOINT",
     "OutputConfig",
     "load_config",
 ]

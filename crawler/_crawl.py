@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from ._client import ApiClient, Stats
 from ._config import Config, require_keys
@@ -149,10 +149,11 @@ class _Crawl:
             if project_id in self._failed_projects:
                 continue
 
-            async def found(rows: Rows, project_id: str | None = project_id) -> None:
+            async def found(
+                rows: Rows, project_id: str | None = project_id, repo: str = repo_name
+            ) -> None:
                 for row in rows:
-                    image = ImageRef(project_id, repo_name, row["ImageName"])
-                    await self._images.put(image)
+                    await self._images.put(ImageRef(project_id, repo, row["ImageName"]))
 
             params = _scope(project_id, RepoName=repo_name)
             listing = self._listing("GetRepoImage", params, "Image", found)
@@ -332,7 +333,7 @@ class TagCrawler:
         self.failures: list[dict[str, Any]] = []
         self._client = ApiClient(config.api, config.crawl, self.stats)
 
-    async def __aenter__(self) -> TagCrawler:
+    async def __aenter__(self) -> Self:
         await self._client.__aenter__()
         return self
 

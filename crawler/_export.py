@@ -76,6 +76,7 @@ class JsonlExport:
         self._last_checkpoint = time.monotonic()
         self.done_images: set[ImageKey] = set()
         self.resumed_tags = 0
+        self.written_tags = 0
         self.failures = 0
 
     # -- set-up and tear-down ---------------------------------------------
@@ -116,14 +117,18 @@ class JsonlExport:
         self._close_errors(publish=True)
 
     def close(self) -> None:
-        """The crawl stopped early: flush, keep the part file and checkpoint."""
+        """The crawl stopped early: flush, keep the part file and checkpoint
+        (unless there is nothing in them to resume from)."""
+        empty = not (self.written_tags or self.done_images)
         try:
             self.flush()
         finally:
             if self._out is not None and not self.to_stdout:
                 self._out.close()
+                if empty:
+                    os.unlink(self.part_path)
             self._out = None
-            self._close_checkpoint(remove=False)
+            self._close_checkpoint(remove=empty)
             self._close_errors(publish=True)
 
     # -- the consumer interface -------------------------------------------
@@ -146,6 +151,7 @@ class JsonlExport:
             for row in rows
         ]
         chunk = b"".join(lines)
+        self.written_tags += len(lines)
         self._buffer.append(chunk)
         self._buffered += len(chunk)
         if self._buffered >= _FLUSH_BYTES:
