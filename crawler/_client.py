@@ -8,6 +8,7 @@ policy; each attempt takes an in-flight slot and a rate token, then runs
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import logging
 import random
@@ -102,7 +103,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            return None
+            when = when.replace(tzinfo=datetime.timezone.utc)  # asctime form
         seconds = when.timestamp() - (time.time() if now is None else now)
     if not seconds > 0:  # also rejects NaN
         return None

@@ -81,6 +81,10 @@ class _Crawl:
         self._consumer = consumer
         self._skip = skip
         self._failed_projects: set[str | None] = set()
+        # Every image queued so far: an image named in crawl.images and found
+        # again by listing its repository is read once.  Holds image names
+        # only, far fewer than tags.
+        self._queued: set[ImageRef] = set()
         workers = config.crawl.concurrency
         self._repo_workers = max(2, workers // 4)
         self._image_workers = workers
@@ -116,7 +120,7 @@ class _Crawl:
         await asyncio.gather(*workers)
 
     async def _discover(self) -> None:
-        projects: Iterable[str | None] = self._crawl.projects or (None,)
+        projects: Iterable[str | None] = dict.fromkeys(self._crawl.projects or (None,))
         async with asyncio.TaskGroup() as group:
             for project_id in projects:
                 group.create_task(self._discover_project(project_id))
@@ -124,8 +128,8 @@ class _Crawl:
     async def _discover_project(self, project_id: str | None) -> None:
         crawl = self._crawl
         for repo_name, image_name in crawl.images:
-            await self._images.put(ImageRef(project_id, repo_name, image_name))
-        for repo_name in crawl.repos:
+            await self._queue_image(ImageRef(project_id, repo_name, image_name))
+        for repo_name in dict.fromkeys(crawl.repos):
             await self._repos.put((project_id, repo_name))
         if crawl.images or crawl.repos:
             return
@@ -133,6 +137,11 @@ class _Crawl:
             for repo_type in crawl.repo_types:
                 listing = self._list_repos(project_id, repo_type)
                 group.create_task(self._guarded(project_id, listing))
+
+    async def _queue_image(self, image: ImageRef) -> None:
+        if image not in self._queued:
+            self._queued.add(image)
+            await self._images.put(image)
 
     async def _list_repos(self, project_id: str | None, repo_type: str) -> None:
         async def found(rows: Rows) -> None:
@@ -153,7 +162,7 @@ class _Crawl:
                 rows: Rows, project_id: str | None = project_id, repo: str = repo_name
             ) -> None:
                 for row in rows:
-                    await self._images.put(ImageRef(project_id, repo, row["ImageName"]))
+                    await self._queue_image(ImageRef(project_id, repo, row["ImageName"]))
 
             params = _scope(project_id, RepoName=repo_name)
             listing = self._listing("GetRepoImage", params, "Image", found)

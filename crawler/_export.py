@@ -11,11 +11,13 @@ crawls only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import IO, Any
 
 import orjson
@@ -83,17 +85,20 @@ class JsonlExport:
 
     def open(self, resume: bool) -> None:
         """Open the sinks; with ``resume``, keep what a previous run finished."""
-        with self._guard(self.errors_path):
-            self._errors = open(self.errors_path + ".part", "wb")
-        if self.to_stdout:
-            self._out = sys.stdout.buffer
-            return
-        with self._guard(self.path):
-            if resume and self._load_checkpoint():
-                return
-            self._out = open(self.part_path, "wb")
-            self._checkpoint = open(self.checkpoint_path, "wb")
-            self._write_checkpoint_header()
+        try:
+            if self.to_stdout:
+                self._out = sys.stdout.buffer
+            else:
+                with self._guard(self.path):
+                    if not (resume and self._load_checkpoint()):
+                        self._out = open(self.part_path, "wb")
+                        self._checkpoint = open(self.checkpoint_path, "wb")
+                        self._write_checkpoint_header()
+            with self._guard(self.errors_path):
+                self._errors = open(self.errors_path + ".part", "wb")
+        except OutputError:
+            self.close()
+            raise
 
     def skip(self, image: ImageRef) -> bool:
         """Whether ``image`` was finished by the run being resumed."""
@@ -123,13 +128,18 @@ class JsonlExport:
         try:
             self.flush()
         finally:
-            if self._out is not None and not self.to_stdout:
-                self._out.close()
-                if empty:
-                    os.unlink(self.part_path)
-            self._out = None
-            self._close_checkpoint(remove=empty)
-            self._close_errors(publish=True)
+            # Already failing or stopping: a second error (the disk is still
+            # full) must not hide the first, so these steps only log.
+            with _logged_oserror():
+                if self._out is not None and not self.to_stdout:
+                    out, self._out = self._out, None
+                    out.close()
+                    if empty:
+                        os.unlink(self.part_path)
+            with _logged_oserror():
+                self._close_checkpoint(remove=empty)
+            with _logged_oserror():
+                self._close_errors(publish=True)
 
     # -- the consumer interface -------------------------------------------
 
@@ -271,19 +281,27 @@ class JsonlExport:
 
     def _close_checkpoint(self, remove: bool) -> None:
         if self._checkpoint is not None:
-            self._checkpoint.close()
-            self._checkpoint = None
+            checkpoint, self._checkpoint = self._checkpoint, None
+            checkpoint.close()
             if remove:
                 os.unlink(self.checkpoint_path)
 
     def _close_errors(self, publish: bool) -> None:
         if self._errors is None:
             return
-        self._errors.close()
-        self._errors = None
+        errors, self._errors = self._errors, None
+        errors.close()
         if publish:
             with self._guard(self.errors_path):
                 os.replace(self.errors_path + ".part", self.errors_path)
+
+
+@contextlib.contextmanager
+def _logged_oserror() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        logger.warning("while closing the export: %s", exc)
 
 
 def _header_of(line: bytes) -> object:
