@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import hashlib
 import logging
 import random
 import time
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -51,6 +52,7 @@ _MAX_THROTTLED_ATTEMPTS = 200  # throttling answers to one call before giving up
 _MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After is taken as this
 _CONNECT_TRIES_BEFORE_ANY_SUCCESS = 3  # a wrong endpoint should fail fast
 
+_PAGE_PARAMS = ("Offset", "Limit")
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 _JSON = {"Content-Type": "application/json"}
 
@@ -110,6 +112,18 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(seconds, _MAX_RETRY_AFTER_S)
 
 
+class _PageTemplate(NamedTuple):
+    """The parts of a listing's requests that do not change from page to page:
+    the signing text before ``Limit``, between ``Limit`` and ``Offset`` and
+    after ``Offset`` (ending in the private key), and the encoded query of
+    the other parameters."""
+
+    before_limit: str
+    before_offset: str
+    after_offset: str
+    query: str
+
+
 @lru_cache(maxsize=8192)
 def _quote(text: str) -> str:
     # Names, keys and actions repeat on every page of a listing: quote each
@@ -155,15 +169,17 @@ class ApiClient:
         self._slots = asyncio.Semaphore(crawl.concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._ever_succeeded = False
+        # Bounded, so memory stays flat over a registry of any size.
+        self._page_template = lru_cache(maxsize=1024)(self._build_page_template)
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(
             limit=self._crawl.concurrency, ttl_dns_cache=300, keepalive_timeout=30
         )
+        # The read side is bounded by the per-exchange deadline in _attempt;
+        # a second timer per read would only cost CPU.
         timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self._api.connect_timeout_s,
-            sock_read=self._api.timeout_s,
+            total=None, sock_connect=self._api.connect_timeout_s
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -278,24 +294,69 @@ class ApiClient:
         self.rate.succeeded()
         return doc
 
+    def _signed(self, action: str, params: Mapping[str, object]) -> dict[str, object]:
+        signed: dict[str, object] = {"Action": action, **params}
+        signed["PublicKey"] = self._api.public_key
+        signed["Signature"] = sign(signed, self._api.private_key)
+        return signed
+
+    def _encoded(self, action: str, params: Mapping[str, object]) -> str:
+        """The signed, percent-encoded parameters of one call.
+
+        Every page of a listing shares all parameters but Offset and Limit,
+        so the sorted signing text and the encoded query around those two are
+        built once per listing (``_page_template``) and reused.
+        """
+        offset, limit = params.get("Offset"), params.get("Limit")
+        if type(offset) is not int or type(limit) is not int:
+            return encode_params(self._signed(action, params))
+        scope = tuple(
+            [item for item in params.items() if item[0] not in _PAGE_PARAMS]
+        )
+        template = self._page_template(action, scope)
+        offset_text, limit_text = str(offset), str(limit)
+        signature = hashlib.sha1(
+            f"{template.before_limit}Limit{limit_text}{template.before_offset}"
+            f"Offset{offset_text}{template.after_offset}".encode()
+        ).hexdigest()
+        return (
+            f"{template.query}&Offset={offset_text}&Limit={limit_text}"
+            f"&Signature={signature}"
+        )
+
+    def _build_page_template(
+        self, action: str, scope: tuple[tuple[str, object], ...]
+    ) -> _PageTemplate:
+        params: dict[str, object] = {
+            "Action": action,
+            **dict(scope),
+            "PublicKey": self._api.public_key,
+        }
+        parts: list[list[str]] = [[], [], []]
+        for name in sorted(params):
+            segment = 0 if name < "Limit" else 1 if name < "Offset" else 2
+            parts[segment].append(name + format_value(params[name]))
+        return _PageTemplate(
+            before_limit="".join(parts[0]),
+            before_offset="".join(parts[1]),
+            after_offset="".join(parts[2]) + self._api.private_key,
+            query=encode_params(params),
+        )
+
     async def _exchange(
         self, action: str, params: Mapping[str, object], expect: str | None
     ) -> dict[str, Any]:
         assert self._session is not None, "use ApiClient as 'async with'"
-        signed: dict[str, object] = {"Action": action, **params}
-        signed["PublicKey"] = self._api.public_key
-        signed["Signature"] = sign(signed, self._api.private_key)
         method = self._api.method
         if method == "get":
-            query = encode_params(signed)
+            query = self._encoded(action, params)
             request = self._session.get(URL(f"{self._url}?{query}", encoded=True))
         elif method == "form":
-            body = encode_params(signed)
+            body = self._encoded(action, params)
             request = self._session.post(self._url, data=body, headers=_FORM)
         else:
-            request = self._session.post(
-                self._url, data=orjson.dumps(signed), headers=_JSON
-            )
+            body_json = orjson.dumps(self._signed(action, params))
+            request = self._session.post(self._url, data=body_json, headers=_JSON)
         async with request as response:
             body_bytes = await response.read()
             status = response.status

@@ -38,8 +38,8 @@ def sign(params: Mapping[str, object], private_key: str) -> str:
     checked by signing it again.
     """
     parts = [
-        name + format_value(params[name])
-        for name in sorted(params)
+        name + (value if type(value) is str else format_value(value))
+        for name, value in sorted(params.items())
         if name != "Signature"
     ]
     parts.append(private_key)
