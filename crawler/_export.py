@@ -31,7 +31,7 @@ __all__ = ["JsonlExport"]
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT_VERSION = 1
-_FLUSH_BYTES = 1 << 18  # write the row buffer out once it holds this much
+_BUFFER_BYTES = 1 << 18  # the export file's write buffer
 _CHECKPOINT_EVERY_S = 1.0  # and record finished images at least this often
 
 ImageKey = tuple[str | None, str, str]
@@ -69,11 +69,10 @@ class JsonlExport:
         self.part_path = path + ".part"
         self.checkpoint_path = path + ".checkpoint"
         self._fingerprint = fingerprint
+        self._out_guard = _OutputGuard(path)
         self._out: IO[bytes] | None = None
         self._errors: IO[bytes] | None = None
         self._checkpoint: IO[bytes] | None = None
-        self._buffer: list[bytes] = []
-        self._buffered = 0
         self._finished: list[bytes] = []
         self._last_checkpoint = time.monotonic()
         self.done_images: set[ImageKey] = set()
@@ -91,7 +90,7 @@ class JsonlExport:
             else:
                 with self._guard(self.path):
                     if not (resume and self._load_checkpoint()):
-                        self._out = open(self.part_path, "wb")
+                        self._out = open(self.part_path, "wb", _BUFFER_BYTES)
                         self._checkpoint = open(self.checkpoint_path, "wb")
                         self._write_checkpoint_header()
             with self._guard(self.errors_path):
@@ -160,12 +159,10 @@ class JsonlExport:
             )
             for row in rows
         ]
-        chunk = b"".join(lines)
         self.written_tags += len(lines)
-        self._buffer.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered >= _FLUSH_BYTES:
-            self._write_rows()
+        if self._out is not None:
+            with self._out_guard:
+                self._out.write(b"".join(lines))
 
     async def done(self, image: ImageRef, count: int) -> None:
         if self._checkpoint is None:
@@ -184,8 +181,7 @@ class JsonlExport:
                 self._errors.flush()
 
     def flush(self) -> None:
-        """Write buffered rows, then record the images they finish."""
-        self._write_rows()
+        """Write buffered rows out, then record the images they finish."""
         if self._out is not None:
             with self._guard(self.path):
                 self._out.flush()
@@ -195,17 +191,6 @@ class JsonlExport:
                 self._checkpoint.flush()
             self._finished.clear()
         self._last_checkpoint = time.monotonic()
-
-    # -- internals --------------------------------------------------------
-
-    def _write_rows(self) -> None:
-        if not self._buffer or self._out is None:
-            return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        self._buffered = 0
-        with self._guard(self.path):
-            self._out.write(data)
 
     def _guard(self, path: str) -> _OutputGuard:
         return _OutputGuard(path)
@@ -239,7 +224,7 @@ class JsonlExport:
         kept = self._rewrite_part(source, done)
         self.done_images = done
         self.resumed_tags = kept
-        self._out = open(self.part_path, "ab")
+        self._out = open(self.part_path, "ab", _BUFFER_BYTES)
         self._checkpoint = open(self.checkpoint_path, "wb")
         self._write_checkpoint_header()
         self._finished = [
