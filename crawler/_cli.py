@@ -75,7 +75,9 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no summary")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser.  The simulator, and the aiohttp server code
+    it imports, are loaded only when ``command`` is ``simulate``."""
     parser = argparse.ArgumentParser(
         prog="crawler",
         description="Export every image tag of a container registry as JSON Lines.",
@@ -103,12 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     tags.add_argument("--tag", metavar="NAME", help="just this tag")
     tags.add_argument("--project", metavar="ID", help="project of the image")
 
-    from . import _simulator
-
     simulate = commands.add_parser(
         "simulate", help="serve the embedded registry simulator"
     )
-    _simulator.add_arguments(simulate)
+    if command == "simulate":
+        from . import _simulator
+
+        _simulator.add_arguments(simulate)
 
     demo = commands.add_parser(
         "demo", help="crawl the simulator into tags.jsonl and check the export"
@@ -274,7 +277,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crawler`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     verbose = getattr(args, "verbose", 0)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(

@@ -63,7 +63,7 @@ class CrawlConfig:
     repos: tuple[str, ...] = ()
     images: tuple[tuple[str, str], ...] = ()
     page_size: int = 100
-    concurrency: int = 32
+    concurrency: int = 64
     rate_per_s: float = 50.0
     max_retries: int = 8
     backoff_base_s: float = 0.25
