@@ -234,7 +234,7 @@ class CrawlSettings:
     """A crawl as the crawler's configuration spells it."""
 
     rate_per_s: float = 0.0
-    concurrency: int = 32
+    concurrency: int = 64
     page_size: int = 100
     projects: tuple[str, ...] = ()
     images: tuple[str, ...] = ()  # "repo/image"; empty: discover them all
@@ -308,10 +308,14 @@ def run_bare(
     connections: int,
     workdir: Path,
     timeout_s: float,
+    export: Path | None = None,
 ) -> ChildResult:
-    """The bare aiohttp loop (``_bare``) against ``sim``."""
+    """The bare aiohttp loop (``_bare``) against ``sim``; with ``export``, it
+    also writes the tags there as JSON Lines."""
     argv = _client_argv("_bare.py", sim, projects)
     argv += ["--connections", str(connections)]
+    if export is not None:
+        argv += ["--export", str(export)]
     return run_child(argv, workdir, timeout_s)
 
 

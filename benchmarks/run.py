@@ -45,7 +45,7 @@ from crawler._simulator import DEFAULT_PROJECT_ID, SECOND_PROJECT_ID, SimRegistr
 
 SEED = 1
 PROJECTS = (DEFAULT_PROJECT_ID, SECOND_PROJECT_ID)
-CONCURRENCY = 32  # the crawler's default; the bare loop gets as many connections
+CONCURRENCY = 64  # the crawler's default; the bare loop gets as many connections
 PAGE_SIZE = 100
 RATE_PER_S = 200.0
 RATE_LATENCY_MS = 50.0
@@ -168,21 +168,31 @@ def _mark(row: Row) -> str:
 
 def _alternate(
     bench: Bench, sim: Simulator, settings: CrawlSettings
-) -> tuple[list[Crawl], list[Crawl]]:
-    """Crawl with the crawler and the bare loop in turn, ``cpu_rounds`` times
-    each, so that a burst of load from elsewhere hits both sides."""
+) -> tuple[list[Crawl], list[Crawl], list[Crawl]]:
+    """Crawl with the crawler, the bare loop and the bare loop writing the
+    export in turn, ``cpu_rounds`` times each, so that a burst of load from
+    elsewhere hits every side."""
 
-    def bare() -> ChildResult:
-        return run_bare(sim, PROJECTS, CONCURRENCY, bench.workdir, CHILD_TIMEOUT_S)
+    def bare(export: Path | None) -> Callable[[], ChildResult]:
+        return lambda: run_bare(
+            sim, PROJECTS, CONCURRENCY, bench.workdir, CHILD_TIMEOUT_S, export
+        )
 
     crawls: list[Crawl] = []
     bares: list[Crawl] = []
+    writers: list[Crawl] = []
     for _ in range(bench.sizes.cpu_rounds):
         crawls.append(bench.crawl(sim, settings))
         log(_describe("crawler", crawls[-1]))
-        bares.append(bench.measured(sim, bare))
+        bares.append(bench.measured(sim, bare(None)))
         log(_describe("bare loop", bares[-1]))
-    return crawls, bares
+        writers.append(bench.measured(sim, bare(bench.workdir / "bare.jsonl")))
+        log(_describe("bare loop writing the export", writers[-1]))
+    return crawls, bares, writers
+
+
+def _us_per_page(runs: list[Crawl]) -> float:
+    return min(run.result.work_cpu_s / run.requests for run in runs) * 1e6
 
 
 def measure_cpu(bench: Bench) -> list[Row]:
@@ -190,13 +200,13 @@ def measure_cpu(bench: Bench) -> list[Row]:
     tags = bench.sizes.cpu_tags
     sim = bench.simulator("--tags", str(tags))
     settings = CrawlSettings(concurrency=CONCURRENCY, projects=PROJECTS)
-    crawls, bares = _alternate(bench, sim, settings)
+    crawls, bares, writers = _alternate(bench, sim, settings)
     ideal = ideal_requests(SimRegistry(SEED, tags), PAGE_SIZE)
-    pages = {crawl.requests for crawl in crawls + bares}
+    pages = {crawl.requests for crawl in crawls + bares + writers}
     if pages != {ideal}:
         bench.notes.append(f"cpu: pages per run {sorted(pages)}, ideal {ideal:,}")
-    crawler_us = min(c.result.work_cpu_s / c.requests for c in crawls) * 1e6
-    bare_us = min(b.result.work_cpu_s / b.requests for b in bares) * 1e6
+    crawler_us, bare_us = _us_per_page(crawls), _us_per_page(bares)
+    writer_us = _us_per_page(writers)
     ratio = crawler_us / bare_us
     whole = min(c.result.cpu_s / c.requests for c in crawls) / min(
         b.result.cpu_s / b.requests for b in bares
@@ -222,6 +232,11 @@ def measure_cpu(bench: Bench) -> list[Row]:
             "<= 1.25x",
             ratio <= 1.25,
         ),
+        Row(
+            "CPU per page, bare loop writing the same export",
+            f"{writer_us:.0f} us",
+        ),
+        Row("CPU per page, crawler / that loop", f"{crawler_us / writer_us:.2f}x"),
     ]
 
 
@@ -365,7 +380,7 @@ def measure_latency(bench: Bench) -> list[Row]:
             f"{one_s / round_trip_s:.2f} RT ({one_s * 1000:.0f} ms)",
         )
     ]
-    for concurrency in (CONCURRENCY, 64):
+    for concurrency in (32, CONCURRENCY):
         settings = CrawlSettings(
             concurrency=concurrency,
             page_size=PAGE_SIZE,
