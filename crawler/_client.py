@@ -169,6 +169,7 @@ class ApiClient:
         self._slots = asyncio.Semaphore(crawl.concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._ever_succeeded = False
+        self._fault_retries = 0  # retries after faults, not after throttling
         # Bounded, so memory stays flat over a registry of any size.
         self._page_template = lru_cache(maxsize=1024)(self._build_page_template)
 
@@ -226,6 +227,7 @@ class ApiClient:
                 if not self._may_retry(exc, attempt - throttled):
                     raise self._give_up(exc, params, attempt) from None
                 delay_s = exc.retry_after_s or self._backoff_s(attempt - throttled)
+                self._fault_retries += 1
                 logger.debug("retrying %s in %.2fs: %s", action, delay_s, exc)
             except TargetError as exc:
                 if exc.http_status is not None and not self._ever_succeeded:
@@ -256,8 +258,12 @@ class ApiClient:
                 "check api.endpoint or --endpoint",
                 action=exc.action,
             ) from None
-        budget = _RETRY_BUDGET_FLOOR + _RETRY_BUDGET_SHARE * self.stats.requests
-        return self.stats.retries < budget
+        # Throttling answers have their own limit and slow the rate down; only
+        # retries after faults draw on the budget.
+        stats = self.stats
+        answered = stats.requests - stats.throttled
+        budget = _RETRY_BUDGET_FLOOR + _RETRY_BUDGET_SHARE * answered
+        return self._fault_retries < budget
 
     def _backoff_s(self, failures: int) -> float:
         """Exponential backoff with full jitter, capped."""

@@ -127,6 +127,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
     },
 }
 
+_SECRETS = frozenset({"api.private_key"})
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list of strings"}
 
 
@@ -147,7 +148,9 @@ def _check_type(where: str, value: object, expected: type | tuple[type, ...]) ->
     if expected is list and ok:
         ok = all(isinstance(item, str) for item in value)  # type: ignore[attr-defined]
     if not ok:
-        raise ConfigError(f"{where} must be {wanted}, not {value!r}")
+        # A secret is never echoed, even a mistyped one.
+        shown = f"a {type(value).__name__}" if where in _SECRETS else repr(value)
+        raise ConfigError(f"{where} must be {wanted}, not {shown}")
 
 
 def _split_image(text: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from typing import Any, Protocol, Self
 
 from ._client import ApiClient, Stats
 from ._config import Config, require_keys
-from ._errors import ApiError, FatalError, ProjectError
+from ._errors import ApiError, FatalError, ProjectError, first_cause
 from ._models import ImageRef, Tag
 from ._paging import Listing, Rows, read_listing
 
@@ -108,7 +108,7 @@ class _Crawl:
                 await self._finish(self._repos, repo_tasks)
                 await self._finish(self._images, image_tasks)
         except BaseExceptionGroup as group_exc:
-            raise _first_cause(group_exc) from None
+            raise first_cause(group_exc) from None
 
     @staticmethod
     async def _finish(
@@ -250,24 +250,6 @@ class _Crawl:
         logger.warning("giving up on project %s: %s", project_id or "(default)", exc)
         self._client.stats.failures += 1
         await self._consumer.failed(failure_record(exc))
-
-
-def _first_cause(group_exc: BaseExceptionGroup[Any]) -> BaseException:
-    """The exception that brought a task group down, fatal errors first."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group_exc)
-    for leaf in leaves:
-        if not isinstance(leaf, asyncio.CancelledError):
-            return leaf
-    return leaves[0]
 
 
 class _QueueConsumer:

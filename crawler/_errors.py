@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Mapping
 
@@ -39,6 +40,7 @@ __all__ = [
     "classify_http_status",
     "classify_ret_code",
     "error_for",
+    "first_cause",
 ]
 
 
@@ -178,6 +180,26 @@ class AuthError(FatalError):
 
 class EndpointError(FatalError, ConnectionError):
     """The endpoint cannot be reached, or is not this API."""
+
+
+def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that brought a task group down.
+
+    A task group wraps its tasks' errors in a group; callers want the error
+    itself, and the first one that is not a cancellation (which the failing
+    task caused in its siblings)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    for leaf in leaves:
+        if not isinstance(leaf, asyncio.CancelledError):
+            return leaf
+    return leaves[0]
 
 
 _ERROR_CLASS = {

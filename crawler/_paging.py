@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._client import ApiClient
-from ._errors import TargetError
+from ._errors import TargetError, first_cause
 
 __all__ = ["Listing", "read_listing"]
 
@@ -90,9 +90,13 @@ async def _read_pass(listing: Listing) -> _Pass:
     offsets = iter(range(first, total, step))
     workers = min(listing.fan_out, -(-(total - first) // step))
     if workers > 0:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(workers):
-                group.create_task(_page_worker(listing, result, offsets, step))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(_page_worker(listing, result, offsets, step))
+        except BaseExceptionGroup as group_exc:
+            # One page failed for good: the listing fails with its error.
+            raise first_cause(group_exc) from None
     return result
 
 
