@@ -40,7 +40,9 @@ def _positive_int(text: str) -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number above 0, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number above 0, not {text!r}"
+        )
     return value
 
 
@@ -172,8 +174,7 @@ async def export(config: Config, resume: bool, stats: Stats) -> int:
         sink.close()
         if not sink.to_stdout and stats.tags:
             logger.warning(
-                "the export so far is kept in %s; "
-                "run again with --resume to continue",
+                "the export so far is kept in %s; run again with --resume to continue",
                 sink.part_path,
             )
         raise

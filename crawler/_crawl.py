@@ -162,7 +162,9 @@ class _Crawl:
                 rows: Rows, project_id: str | None = project_id, repo: str = repo_name
             ) -> None:
                 for row in rows:
-                    await self._queue_image(ImageRef(project_id, repo, row["ImageName"]))
+                    await self._queue_image(
+                        ImageRef(project_id, repo, row["ImageName"])
+                    )
 
             params = _scope(project_id, RepoName=repo_name)
             listing = self._listing("GetRepoImage", params, "Image", found)

@@ -56,9 +56,7 @@ def _row_key(row: dict[str, Any]) -> tuple[str, str, str, str]:
     )
 
 
-async def run_demo(
-    args: argparse.Namespace, summary: Callable[[Stats], None]
-) -> int:
+async def run_demo(args: argparse.Namespace, summary: Callable[[Stats], None]) -> int:
     """Serve a simulated registry on a free loopback port, export it, check it."""
     from ._cli import export
 

@@ -157,7 +157,6 @@ class ThrottledError(TransientError):
     """
 
 
-
 class RequestTimeoutError(TransientError, TimeoutError):
     """The server did not answer within the request timeout."""
 

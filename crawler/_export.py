@@ -231,9 +231,7 @@ class JsonlExport:
             orjson.dumps({"done": key}) + b"\n" for key in sorted(done, key=str)
         ]
         self.flush()
-        logger.info(
-            "resuming: %d images (%d tags) already exported", len(done), kept
-        )
+        logger.info("resuming: %d images (%d tags) already exported", len(done), kept)
         return True
 
     @staticmethod

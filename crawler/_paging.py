@@ -157,7 +157,7 @@ async def _absorb(listing: Listing, result: _Pass, rows: Rows) -> int:
         seen.update(names)
     else:
         fresh = []
-        for row, name in zip(rows, names):
+        for row, name in zip(rows, names, strict=True):
             if name not in seen:
                 seen.add(name)
                 fresh.append(row)

@@ -244,9 +244,7 @@ async def test_server_rate_limit_below_the_crawl_rate(
     registry = SimRegistry(seed=32, total_tags=1_500)
     options = SimOptions(rate_limit=100.0, rate_limit_mode=mode, seed=6)
 
-    outcome = await crawl_sim(
-        tmp_path, registry, options, crawl={"rate_per_s": 200.0}
-    )
+    outcome = await crawl_sim(tmp_path, registry, options, crawl={"rate_per_s": 200.0})
 
     assert outcome.sim.throttled > 0
     assert_complete(outcome)
@@ -261,9 +259,7 @@ async def test_throttling_leaves_retries_for_transient_faults(tmp_path: Path) ->
     may spend on real faults: a server that rate-limits hard and sometimes
     answers 502 is still read completely."""
     registry = SimRegistry(seed=33, total_tags=3_000)
-    options = SimOptions(
-        rate_limit=50.0, fault_rate=0.05, faults=("http_502",), seed=7
-    )
+    options = SimOptions(rate_limit=50.0, fault_rate=0.05, faults=("http_502",), seed=7)
 
     outcome = await crawl_sim(
         tmp_path, registry, options, crawl={"rate_per_s": 1_000.0}
@@ -582,13 +578,16 @@ def sim_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
         *("--latency-ms", "20"),
         *("--public-key", PROC_PUBLIC_KEY, "--private-key", PROC_PRIVATE_KEY),
     ]
-    with open(log, "wb") as errors, subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=errors,
-        stdin=subprocess.DEVNULL,
-        env=child_env(),
-    ) as process:
+    with (
+        open(log, "wb") as errors,
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+        ) as process,
+    ):
         try:
             assert process.stdout is not None
             banner = process.stdout.readline().decode()
@@ -691,25 +690,28 @@ def start_and_stop(
     seed, earliest_s, latest_s = moment
     pause_s = random.Random(seed).uniform(earliest_s, latest_s)
     log_out, log_err = tmp_path / "child.out", tmp_path / "child.err"
-    with open(log_out, "wb") as out, open(log_err, "wb") as err:
-        with subprocess.Popen(
+    with (
+        open(log_out, "wb") as out,
+        open(log_err, "wb") as err,
+        subprocess.Popen(
             args, cwd=tmp_path, env=child_env(), stdout=out, stderr=err
-        ) as process:
-            try:
-                give_up = time.monotonic() + 60
-                while done_images(checkpoint) <= finished_before:
-                    assert process.poll() is None, "the crawl ended too soon"
-                    assert time.monotonic() < give_up, "no image was ever finished"
-                    time.sleep(0.01)
-                time.sleep(pause_s)
-                assert process.poll() is None, (
-                    "the crawl ended before it could be stopped; make it longer"
-                )
-                process.send_signal(how)
-                process.wait(timeout=30)
-            finally:
-                if process.poll() is None:
-                    process.kill()
+        ) as process,
+    ):
+        try:
+            give_up = time.monotonic() + 60
+            while done_images(checkpoint) <= finished_before:
+                assert process.poll() is None, "the crawl ended too soon"
+                assert time.monotonic() < give_up, "no image was ever finished"
+                time.sleep(0.01)
+            time.sleep(pause_s)
+            assert process.poll() is None, (
+                "the crawl ended before it could be stopped; make it longer"
+            )
+            process.send_signal(how)
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
     return subprocess.CompletedProcess(
         args, process.returncode, log_out.read_text(), log_err.read_text()
     )
