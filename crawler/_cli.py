@@ -15,7 +15,7 @@ import orjson
 from ._client import Stats
 from ._config import Config, load_config, require_keys
 from ._crawl import TagCrawler
-from ._errors import ConfigError, CrawlerError, FatalError
+from ._errors import ConfigError, CrawlerError, OutputError
 from ._export import JsonlExport
 
 __all__ = ["main"]
@@ -87,6 +87,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     crawl = commands.add_parser("crawl", help="export every tag of the registry")
+    crawl.set_defaults(parser=crawl)
     _add_api_options(crawl)
     crawl.add_argument("--out", metavar="PATH", help="export file, or - for stdout")
     crawl.add_argument("--errors", metavar="PATH", help="failed-targets file")
@@ -101,15 +102,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
 
     tags = commands.add_parser("tags", help="print one image's tags")
+    tags.set_defaults(parser=tags)
     _add_api_options(tags)
     tags.add_argument("repo", metavar="REPO")
     tags.add_argument("image", metavar="IMAGE")
     tags.add_argument("--tag", metavar="NAME", help="just this tag")
-    tags.add_argument("--project", metavar="ID", help="project of the image")
+    tags.add_argument(
+        "--project",
+        metavar="ID",
+        help="project of the image (default: the one configured project, "
+        "else the account's default project)",
+    )
 
     simulate = commands.add_parser(
         "simulate", help="serve the embedded registry simulator"
     )
+    simulate.set_defaults(parser=simulate)
     if command == "simulate":
         from . import _simulator
 
@@ -118,6 +126,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="crawl the simulator into tags.jsonl and check the export"
     )
+    demo.set_defaults(parser=demo)
     demo.add_argument("--out", default="tags.jsonl", metavar="PATH")
     demo.add_argument("--errors", default="errors.jsonl", metavar="PATH")
     demo.add_argument("--tags", type=_positive_int, default=12_000, metavar="N")
@@ -154,7 +163,7 @@ def fingerprint(config: Config) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the crawl's scope."""
     crawl = config.crawl
     return {
-        "endpoint": config.api.endpoint,
+        "endpoint": config.api.endpoint.rstrip("/"),
         "projects": list(crawl.projects),
         "repo_types": list(crawl.repo_types),
         "repos": list(crawl.repos),
@@ -162,27 +171,53 @@ def fingerprint(config: Config) -> dict[str, Any]:
     }
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+async def _flush_every_second(sink: JsonlExport) -> None:
+    """Checkpoint finished images even while one long listing keeps the
+    crawl from finishing more."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            sink.flush()
+        except OutputError:
+            return  # the crawl's own next write reports it
+
+
 async def export(config: Config, resume: bool, stats: Stats) -> int:
-    """Crawl into the configured export; return the exit status."""
+    """Crawl into the configured export; return the exit status.
+
+    An interrupted or failed crawl leaves the part file and checkpoint for
+    ``--resume``.  A crawl in which some targets failed is published with
+    exit 3, unless nothing at all could be exported: then the previous
+    export stays in place and the crawl fails.
+    """
     sink = JsonlExport(config.output.path, config.output.errors, fingerprint(config))
     sink.open(resume)
     stats.tags += sink.resumed_tags
+    stats.images += len(sink.done_images)
+    flusher = asyncio.create_task(_flush_every_second(sink))
     try:
         async with TagCrawler(config, stats=stats) as crawler:
             await crawler.run(sink, skip=sink.skip)
-    except BaseException:
-        sink.close()
-        if not sink.to_stdout and stats.tags:
-            logger.warning(
-                "the export so far is kept in %s; run again with --resume to continue",
-                sink.part_path,
+        flusher.cancel()
+        if sink.failures and not stats.tags:
+            raise CrawlerError(
+                f"nothing could be exported: {_plural(sink.failures, 'target')} "
+                f"failed, listed in {config.output.errors}; {config.output.path} "
+                "was left as it was"
             )
+    except BaseException:
+        flusher.cancel()
+        sink.close()
         raise
     sink.commit()
     if sink.failures:
         logger.warning(
-            "%d targets failed; they are listed in %s, and --resume retries them",
-            sink.failures,
+            "%s failed; they are listed in %s, and --resume retries them",
+            _plural(sink.failures, "target"),
             config.output.errors,
         )
         return EXIT_PARTIAL
@@ -191,13 +226,20 @@ async def export(config: Config, resume: bool, stats: Stats) -> int:
 
 async def _crawl_command(args: argparse.Namespace) -> int:
     config = _configure(args)
+    if args.resume and config.output.path == "-":
+        raise ConfigError("--resume needs a file export to continue; give --out PATH")
     stats = Stats()
     try:
         status = await export(config, args.resume, stats)
-    except CrawlerError:
-        raise  # its one-line message says it all
-    except BaseException:
-        _summary(args, stats)  # interrupted: say how far it got
+    except BaseException as exc:
+        if not isinstance(exc, CrawlerError):
+            _summary(args, stats)  # interrupted: say how far it got
+        if stats.tags and config.output.path != "-":
+            logger.warning(
+                "the export so far is kept in %s.part; "
+                "run again with --resume to continue",
+                config.output.path,
+            )
         raise
     _summary(args, stats)
     return status
@@ -205,21 +247,34 @@ async def _crawl_command(args: argparse.Namespace) -> int:
 
 async def _tags_command(args: argparse.Namespace) -> int:
     config = _configure(args)
+    project_id = args.project
+    if project_id is None and len(config.crawl.projects) == 1:
+        project_id = config.crawl.projects[0]
     async with TagCrawler(config) as crawler:
         tags = await crawler.image_tags(
-            args.repo, args.image, project_id=args.project, tag_name=args.tag
+            args.repo, args.image, project_id=project_id, tag_name=args.tag
         )
+    if args.tag is not None and not tags:
+        raise CrawlerError(f"{args.repo}/{args.image} has no tag {args.tag!r}")
     out = sys.stdout.buffer
     out.write(b"".join(orjson.dumps(tag.to_dict()) + b"\n" for tag in tags))
     out.flush()
-    return EXIT_OK
+    for failure in crawler.failures:
+        logger.warning("%s", failure["message"])
+    return EXIT_PARTIAL if crawler.failures else EXIT_OK
 
 
 async def _simulate_command(args: argparse.Namespace) -> int:
     from . import _simulator
 
     registry, options, host, port = _simulator.options_from_args(args)
-    await _simulator.serve(registry, options, host, port)
+    try:
+        await _simulator.serve(registry, options, host, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
+            "choose another --port"
+        ) from None
     return EXIT_OK
 
 
@@ -276,21 +331,27 @@ async def _run(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signum)
 
 
+def _configure_logging(verbose: int) -> None:
+    """Warnings by default, ``-v`` progress, ``-vv`` every retry: this
+    package's loggers only, not asyncio's or aiohttp's chatter."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("crawler: %(levelname)s: %(message)s"))
+    package = logging.getLogger("crawler")
+    package.addHandler(handler)
+    package.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
+    package.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crawler`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
-    verbose = getattr(args, "verbose", 0)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(
-        level=level, format="crawler: %(levelname)s: %(message)s", stream=sys.stderr
-    )
+    args, extra = build_parser(argv[0] if argv else None).parse_known_args(argv)
+    if extra:  # let the command's own parser say it, with its own usage line
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _configure_logging(getattr(args, "verbose", 0))
     try:
         return asyncio.run(_run(args))
-    except ConfigError as exc:
-        print(f"crawler: error: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    except (FatalError, CrawlerError) as exc:
+    except CrawlerError as exc:
         print(f"crawler: error: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except _Interrupted as exc:

@@ -28,6 +28,7 @@ from yarl import URL
 from ._config import ApiConfig, CrawlConfig
 from ._errors import (
     ApiError,
+    CrawlerError,
     EndpointError,
     RequestTimeoutError,
     TargetError,
@@ -50,8 +51,12 @@ _RETRY_BUDGET_SHARE = 0.25
 _RETRY_BUDGET_FLOOR = 50
 _MAX_THROTTLED_ATTEMPTS = 200  # throttling answers to one call before giving up
 _MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After is taken as this
-_CONNECT_TRIES_BEFORE_ANY_SUCCESS = 3  # a wrong endpoint should fail fast
+# A wrong endpoint should fail fast: tries of one call whose connection is
+# refused, and failed answers in all, before any call has succeeded.
+_CONNECT_TRIES_BEFORE_ANY_SUCCESS = 3
+_FAILURES_BEFORE_ANY_SUCCESS = 8
 
+_MAX_BODY_BYTES = 64 << 20  # one answer, decoded
 _PAGE_PARAMS = ("Offset", "Limit")
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 _JSON = {"Content-Type": "application/json"}
@@ -62,7 +67,7 @@ class Stats:
     """Counters of one crawl, read by the summary and by tests."""
 
     requests: int = 0
-    retries: int = 0
+    retries: int = 0  # after faults; throttled answers are counted apart
     throttled: int = 0
     failures: int = 0
     repos: int = 0
@@ -168,8 +173,8 @@ class ApiClient:
         self._url = _request_url(api.endpoint)
         self._slots = asyncio.Semaphore(crawl.concurrency)
         self._session: aiohttp.ClientSession | None = None
-        self._ever_succeeded = False
-        self._fault_retries = 0  # retries after faults, not after throttling
+        self._api_answered = False
+        self._failures_before_success = 0
         # Bounded, so memory stays flat over a registry of any size.
         self._page_template = lru_cache(maxsize=1024)(self._build_page_template)
 
@@ -224,46 +229,72 @@ class ApiClient:
                     raise self._give_up(exc, params, attempt) from None
                 delay_s = exc.retry_after_s or self._backoff_s(throttled)
             except TransientError as exc:
-                if not self._may_retry(exc, attempt - throttled):
+                self._check_endpoint(exc, attempt - throttled)
+                if not self._may_retry(attempt - throttled):
                     raise self._give_up(exc, params, attempt) from None
                 delay_s = exc.retry_after_s or self._backoff_s(attempt - throttled)
-                self._fault_retries += 1
+                self.stats.retries += 1
                 logger.debug("retrying %s in %.2fs: %s", action, delay_s, exc)
-            except TargetError as exc:
-                if exc.http_status is not None and not self._ever_succeeded:
-                    raise EndpointError(
-                        f"{self._api.endpoint} answered HTTP {exc.http_status}, "
-                        "not the API; check api.endpoint or --endpoint",
-                        action=action,
-                        http_status=exc.http_status,
-                    ) from None
-                raise self._give_up(exc, params, attempt) from None
             except ApiError as exc:
+                if exc.http_status is not None:
+                    self._check_endpoint(exc, attempt - throttled)
                 raise self._give_up(exc, params, attempt) from None
-            self.stats.retries += 1
             await asyncio.sleep(delay_s)
 
-    def _may_retry(self, exc: TransientError, failures: int) -> bool:
+    def _check_endpoint(self, exc: ApiError, failures: int) -> None:
+        """Stop the crawl when the endpoint is plainly wrong.
+
+        Until the API has answered once, a refused connection, an HTTP error
+        status other than a server's bad moment, or a run of answers that are
+        not this API's (or no answers) mean the endpoint is wrong: retrying
+        would only delay the one-line error (and, for a nightly job, the
+        alarm).
+        """
+        if self._api_answered:
+            return
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
+            cause, aiohttp.ClientSSLError
+        ):
+            if failures < _CONNECT_TRIES_BEFORE_ANY_SUCCESS:
+                return
+            reason = cause.os_error.strerror or str(cause.os_error)
+            message = f"cannot connect to {self._api.endpoint}: {reason}"
+        elif exc.http_status is not None and not isinstance(exc, TransientError):
+            message = (
+                f"cannot use {self._api.endpoint}: it answered HTTP {exc.http_status}"
+            )
+        elif (
+            exc.http_status is None
+            and exc.ret_code is None
+            and not isinstance(cause, aiohttp.ClientError)
+        ) or isinstance(cause, aiohttp.ClientSSLError):
+            # Not an API answer, no answer at all, or a TLS mismatch: what a
+            # wrong endpoint gives.  A server's bad moments (5xx, resets)
+            # do not count.
+            self._failures_before_success += 1
+            if self._failures_before_success < _FAILURES_BEFORE_ANY_SUCCESS:
+                return
+            message = f"cannot use {self._api.endpoint}: {exc.message}"
+        else:
+            return
+        raise EndpointError(
+            f"{message}; check api.endpoint, CRAWLER_ENDPOINT or --endpoint",
+            action=exc.action,
+            http_status=exc.http_status,
+        ) from None
+
+    def _may_retry(self, failures: int) -> bool:
+        """Whether the ``failures``-th fault of one call may be retried.
+
+        Throttling answers have their own limit and slow the rate down; only
+        retries after faults draw on the crawl's retry budget."""
         if failures > self._crawl.max_retries:
             return False
-        cause = exc.__cause__
-        if (
-            not self._ever_succeeded
-            and isinstance(cause, aiohttp.ClientConnectorError)
-            and failures >= _CONNECT_TRIES_BEFORE_ANY_SUCCESS
-        ):
-            reason = cause.os_error.strerror or str(cause.os_error)
-            raise EndpointError(
-                f"cannot connect to {self._api.endpoint}: {reason}; "
-                "check api.endpoint or --endpoint",
-                action=exc.action,
-            ) from None
-        # Throttling answers have their own limit and slow the rate down; only
-        # retries after faults draw on the budget.
         stats = self.stats
         answered = stats.requests - stats.throttled
         budget = _RETRY_BUDGET_FLOOR + _RETRY_BUDGET_SHARE * answered
-        return self._fault_retries < budget
+        return stats.retries < budget
 
     def _backoff_s(self, failures: int) -> float:
         """Exponential backoff with full jitter, capped."""
@@ -296,7 +327,11 @@ class ApiClient:
                 raise TransientError(
                     f"{type(exc).__name__}: {exc}", action=action
                 ) from exc
-        self._ever_succeeded = True
+            except ApiError as exc:
+                if exc.ret_code is not None:
+                    self._api_answered = True  # a refusal, but in the API's words
+                raise
+        self._api_answered = True
         self.rate.succeeded()
         return doc
 
@@ -350,22 +385,55 @@ class ApiClient:
     async def _exchange(
         self, action: str, params: Mapping[str, object], expect: str | None
     ) -> dict[str, Any]:
-        assert self._session is not None, "use ApiClient as 'async with'"
+        if self._session is None:
+            raise CrawlerError("use the crawler as 'async with', then call it")
         method = self._api.method
         if method == "get":
             query = self._encoded(action, params)
-            request = self._session.get(URL(f"{self._url}?{query}", encoded=True))
+            request = self._session.get(
+                URL(f"{self._url}?{query}", encoded=True), allow_redirects=False
+            )
         elif method == "form":
             body = self._encoded(action, params)
-            request = self._session.post(self._url, data=body, headers=_FORM)
+            request = self._session.post(
+                self._url, data=body, headers=_FORM, allow_redirects=False
+            )
         else:
             body_json = orjson.dumps(self._signed(action, params))
-            request = self._session.post(self._url, data=body_json, headers=_JSON)
+            request = self._session.post(
+                self._url, data=body_json, headers=_JSON, allow_redirects=False
+            )
         async with request as response:
-            body_bytes = await response.read()
             status = response.status
+            length = response.content_length
+            if (
+                length is not None
+                and length <= _MAX_BODY_BYTES
+                and not (response.headers.get("Content-Encoding"))
+            ):
+                body_bytes = await response.read()
+            else:
+                body_bytes = await _read_capped(response, action)
             retry_after = response.headers.get("Retry-After")
         return _parse(action, status, body_bytes, retry_after, expect)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, action: str) -> bytes:
+    """Read a body of unknown or compressed size, up to ``_MAX_BODY_BYTES``
+    once decoded: a broken proxy or a compression bomb must not take the
+    crawl's memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > _MAX_BODY_BYTES:
+            raise TargetError(
+                f"answer larger than {_MAX_BODY_BYTES >> 20} MiB; "
+                "a page size of at most 10000 rows should never need that",
+                action=action,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse(

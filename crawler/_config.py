@@ -131,6 +131,10 @@ _SECRETS = frozenset({"api.private_key"})
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list of strings"}
 
 
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
 def _did_you_mean(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -149,7 +153,7 @@ def _check_type(where: str, value: object, expected: type | tuple[type, ...]) ->
         ok = all(isinstance(item, str) for item in value)  # type: ignore[attr-defined]
     if not ok:
         # A secret is never echoed, even a mistyped one.
-        shown = f"a {type(value).__name__}" if where in _SECRETS else repr(value)
+        shown = _a(type(value).__name__) if where in _SECRETS else repr(value)
         raise ConfigError(f"{where} must be {wanted}, not {shown}")
 
 
@@ -267,10 +271,21 @@ def validate(config: Config) -> None:
     _positive("crawl.backoff_base", crawl.backoff_base_s, allow_zero=True)
     _positive("crawl.backoff_cap", crawl.backoff_cap_s, allow_zero=True)
     _positive("crawl.max_passes", crawl.max_passes)
-    if crawl.page_size > 10_000:
-        raise ConfigError(
-            f"crawl.page_size must be at most 10000, not {crawl.page_size}"
-        )
+    for where, value, most in (
+        ("crawl.page_size", crawl.page_size, 10_000),
+        ("crawl.concurrency", crawl.concurrency, 1_024),
+        ("crawl.max_passes", crawl.max_passes, 100),
+        ("crawl.max_retries", crawl.max_retries, 1_000),
+    ):
+        if value > most:
+            raise ConfigError(f"{where} must be at most {most}, not {value}")
+    for where, seconds, least in (
+        ("crawl.rate", crawl.rate_per_s, 0.01),
+        ("api.timeout", api.timeout_s, 0.001),
+        ("api.connect_timeout", api.connect_timeout_s, 0.001),
+    ):
+        if 0 < seconds < least:
+            raise ConfigError(f"{where} must be at least {least:g}, not {seconds!r}")
     for repo_type in crawl.repo_types:
         if repo_type not in REPO_TYPES:
             raise ConfigError(
@@ -281,6 +296,27 @@ def validate(config: Config) -> None:
         raise ConfigError("crawl.repo_types is empty; list 'private', 'public'")
     if not output.path or not output.errors:
         raise ConfigError("output.path and output.errors must not be empty")
+    _check_output_paths(output)
+
+
+def _check_output_paths(output: OutputConfig) -> None:
+    if output.errors == "-":
+        raise ConfigError("output.errors must be a file, not standard output")
+    if output.path == "-":
+        return
+    # Compared as real paths: ./tags.jsonl and tags.jsonl are one file.
+    export_files = {
+        os.path.realpath(output.path + suffix)
+        for suffix in ("", ".part", ".checkpoint", ".lock", ".part.tmp")
+    }
+    errors_files = {
+        os.path.realpath(output.errors + suffix) for suffix in ("", ".part")
+    }
+    if export_files & errors_files:
+        raise ConfigError(
+            f"output.errors {output.errors!r} and output.path {output.path!r} "
+            "would write the same files; choose another --errors"
+        )
 
 
 def _check_endpoint(endpoint: str) -> None:
@@ -291,12 +327,18 @@ def _check_endpoint(endpoint: str) -> None:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"api.endpoint {endpoint!r} is not an http(s) URL; "
-            "write it like 'https://api.example.com'"
+            f"api.endpoint {endpoint!r} is not an http(s) URL; write it like "
+            "'https://api.example.com' (in the config, CRAWLER_ENDPOINT or "
+            "--endpoint)"
         )
     if parts.query or parts.fragment:
         raise ConfigError(
             f"api.endpoint {endpoint!r} must not carry a query or fragment"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            "api.endpoint must not carry a user name or password; the API "
+            "authenticates by signature"
         )
 
 
@@ -306,7 +348,7 @@ def require_keys(config: Config) -> None:
         ("public_key", config.api.public_key),
         ("private_key", config.api.private_key),
     ):
-        if not value:
+        if not value.strip():
             var = f"CRAWLER_{name.upper()}"
             raise ConfigError(
                 f"api.{name} is not set; put it in the config file's [api] "

@@ -29,6 +29,7 @@ __all__ = ["Consumer", "TagCrawler", "failure_record"]
 logger = logging.getLogger(__name__)
 
 _DONE = None  # queue sentinel: no more work
+_PROGRESS_EVERY_S = 10.0  # how often -v reports progress
 
 
 class Consumer(Protocol):
@@ -94,6 +95,38 @@ class _Crawl:
         self._images: asyncio.Queue[ImageRef | None] = asyncio.Queue(2 * workers)
 
     async def run(self) -> None:
+        crawl = self._crawl
+        logger.info(
+            "crawling %s, %s, at most %s requests/s and %d in flight",
+            ", ".join(crawl.projects) or "the default project",
+            " and ".join(crawl.repo_types) + " repositories",
+            f"{crawl.rate_per_s:g}" if crawl.rate_per_s else "unlimited",
+            crawl.concurrency,
+        )
+        progress = asyncio.create_task(self._report_progress())
+        try:
+            await self._run()
+        finally:
+            progress.cancel()
+        logger.info("crawl done: %s", self._client.stats.as_dict())
+
+    async def _report_progress(self) -> None:
+        stats = self._client.stats
+        while True:
+            await asyncio.sleep(_PROGRESS_EVERY_S)
+            logger.info(
+                "progress: %d tags of %d images, %d requests (%.1f/s), "
+                "%d retries, %d throttled, %d failures",
+                stats.tags,
+                stats.images,
+                stats.requests,
+                stats.as_dict()["requests_per_s"],
+                stats.retries,
+                stats.throttled,
+                stats.failures,
+            )
+
+    async def _run(self) -> None:
         try:
             async with asyncio.TaskGroup() as group:
                 repo_tasks = [
@@ -325,6 +358,7 @@ class TagCrawler:
         self.stats = stats if stats is not None else Stats()
         self.failures: list[dict[str, Any]] = []
         self._client = ApiClient(config.api, config.crawl, self.stats)
+        self._feeds: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
         await self._client.__aenter__()
@@ -336,6 +370,11 @@ class TagCrawler:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # A tags() loop left early keeps its crawl running until the
+        # generator is closed; leaving the crawler ends it for good.
+        for feed in self._feeds:
+            feed.cancel()
+        await asyncio.gather(*self._feeds, return_exceptions=True)
         await self._client.__aexit__(exc_type, exc, tb)
 
     async def run(
@@ -351,6 +390,8 @@ class TagCrawler:
         """Every tag of the configured projects, as they arrive."""
         consumer = _QueueConsumer(self.failures)
         crawl = asyncio.create_task(self._feed(consumer))
+        self._feeds.add(crawl)
+        crawl.add_done_callback(self._feeds.discard)
         try:
             while (batch := await consumer.get()) is not None:
                 for tag in batch:
@@ -375,7 +416,10 @@ class TagCrawler:
         project_id: str | None = None,
         tag_name: str | None = None,
     ) -> list[Tag]:
-        """Every tag of one image (or just ``tag_name``), read completely."""
+        """Every tag of one image (or just ``tag_name``), read completely.
+
+        If the listing never settled, the tags seen are returned and a
+        record is added to ``failures``."""
         tags: list[Tag] = []
         image = ImageRef(project_id, repo_name, image_name)
 
@@ -396,6 +440,17 @@ class TagCrawler:
             fan_out=crawl.concurrency,
             on_rows=found,
         )
-        await read_listing(listing, crawl.max_passes)
+        if not await read_listing(listing, crawl.max_passes):
+            self.failures.append(
+                {
+                    "action": "GetImageTag",
+                    "params": params,
+                    "ret_code": None,
+                    "http_status": None,
+                    "message": f"the listing kept changing over {listing.passes} "
+                    f"passes; returned the {len(tags)} tags seen",
+                    "attempts": listing.passes,
+                }
+            )
         self.stats.tags += len(tags)
         return tags

@@ -201,6 +201,14 @@ def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0]
 
 
+# What to do about each refusal of the keys.
+_AUTH_HINTS = {
+    171: "the private key does not fit the public key: check api.private_key "
+    "or CRAWLER_PRIVATE_KEY",
+    172: "the public key is unknown: check api.public_key or CRAWLER_PUBLIC_KEY",
+    174: "the token is unknown: check the account's keys",
+}
+
 _ERROR_CLASS = {
     Disposition.RETRY: TransientError,
     Disposition.THROTTLE: ThrottledError,
@@ -222,4 +230,6 @@ def error_for(
     cls = _ERROR_CLASS[disposition]
     if ret_code is not None and 170 <= ret_code <= 174:
         cls = AuthError
+        if ret_code in _AUTH_HINTS:
+            message = f"{message} ({_AUTH_HINTS[ret_code]})"
     return cls(message, action=action, ret_code=ret_code, http_status=http_status)

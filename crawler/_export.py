@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import orjson
@@ -68,6 +69,8 @@ class JsonlExport:
         self.to_stdout = path == "-"
         self.part_path = path + ".part"
         self.checkpoint_path = path + ".checkpoint"
+        self.lock_path = path + ".lock"
+        self._lock: int | None = None
         self._fingerprint = fingerprint
         self._out_guard = _OutputGuard(path)
         self._out: IO[bytes] | None = None
@@ -89,6 +92,9 @@ class JsonlExport:
                 self._out = sys.stdout.buffer
             else:
                 with self._guard(self.path):
+                    if os.path.isdir(self.path):
+                        raise IsADirectoryError(errno.EISDIR, "Is a directory")
+                    self._take_lock()
                     if not (resume and self._load_checkpoint()):
                         self._out = open(self.part_path, "wb", _BUFFER_BYTES)
                         self._checkpoint = open(self.checkpoint_path, "wb")
@@ -119,6 +125,7 @@ class JsonlExport:
         self._out = None
         self._close_checkpoint(remove=self.failures == 0)
         self._close_errors(publish=True)
+        self._release_lock()
 
     def close(self) -> None:
         """The crawl stopped early: flush, keep the part file and checkpoint
@@ -139,6 +146,8 @@ class JsonlExport:
                 self._close_checkpoint(remove=empty)
             with _logged_oserror():
                 self._close_errors(publish=True)
+            with _logged_oserror():
+                self._release_lock()
 
     # -- the consumer interface -------------------------------------------
 
@@ -195,6 +204,33 @@ class JsonlExport:
     def _guard(self, path: str) -> _OutputGuard:
         return _OutputGuard(path)
 
+    def _take_lock(self) -> None:
+        """Make sure no other crawl writes this export at the same time."""
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputError(
+                    f"another crawl is writing {self.path} (it holds "
+                    f"{self.lock_path}); wait for it or choose another --out"
+                ) from None
+            # The holder before us may have removed the file between our open
+            # and our lock: then we hold a lock nobody else can see.
+            if os.path.exists(self.lock_path) and os.path.samestat(
+                os.fstat(fd), os.stat(self.lock_path)
+            ):
+                self._lock = fd
+                return
+            os.close(fd)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            fd, self._lock = self._lock, None
+            os.unlink(self.lock_path)  # while still holding it
+            os.close(fd)
+
     def _write_checkpoint_header(self) -> None:
         assert self._checkpoint is not None
         header = {"checkpoint": _CHECKPOINT_VERSION, "crawl": self._fingerprint}
@@ -220,47 +256,65 @@ class JsonlExport:
                 f"{self.checkpoint_path} belongs to a crawl with other settings; "
                 "run again without --resume to start afresh"
             )
-        done = self._read_finished(lines[1:])
-        kept = self._rewrite_part(source, done)
+        expected = self._read_finished(lines[1:])
+        counts = self._rewrite_part(source, expected)
+        # An image is kept only if the part file holds exactly the tags the
+        # checkpoint recorded for it; anything else is read again.
+        done = {key for key, count in counts.items() if count == expected[key]}
+        if len(done) < len(counts):
+            self._rewrite_part(self.part_path, done)
         self.done_images = done
-        self.resumed_tags = kept
+        self.resumed_tags = sum(counts[key] for key in done)
         self._out = open(self.part_path, "ab", _BUFFER_BYTES)
         self._checkpoint = open(self.checkpoint_path, "wb")
         self._write_checkpoint_header()
         self._finished = [
-            orjson.dumps({"done": key}) + b"\n" for key in sorted(done, key=str)
+            orjson.dumps({"done": key, "tags": counts[key]}) + b"\n"
+            for key in sorted(done, key=str)
         ]
         self.flush()
-        logger.info("resuming: %d images (%d tags) already exported", len(done), kept)
+        logger.info(
+            "resuming: %d images (%d tags) already exported",
+            len(done),
+            self.resumed_tags,
+        )
         return True
 
     @staticmethod
-    def _read_finished(lines: list[bytes]) -> set[ImageKey]:
-        done: set[ImageKey] = set()
+    def _read_finished(lines: list[bytes]) -> dict[ImageKey, int]:
+        """The finished images of a checkpoint, with their tag counts."""
+        done: dict[ImageKey, int] = {}
         for line in lines:
             try:
-                project_id, repo_name, image_name = orjson.loads(line)["done"]
+                record = orjson.loads(line)
+                project_id, repo_name, image_name = record["done"]
+                count = record["tags"]
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 break  # a line cut short by the kill: everything before is good
-            done.add((project_id, repo_name, image_name))
+            fields = (project_id or "", repo_name, image_name)
+            if all(type(value) is str for value in fields) and type(count) is int:
+                done[(project_id, repo_name, image_name)] = count
         return done
 
-    def _rewrite_part(self, source: str, done: set[ImageKey]) -> int:
-        """Keep only rows of finished images; return how many."""
-        kept = 0
+    def _rewrite_part(
+        self, source: str, keep: Iterable[ImageKey]
+    ) -> dict[ImageKey, int]:
+        """Keep only the rows of images in ``keep``; count them per image."""
+        counts = dict.fromkeys(keep, 0)
         tmp = self.part_path + ".tmp"
         with open(source, "rb") as old, open(tmp, "wb") as new:
             for line in old:
                 try:
                     row = orjson.loads(line)
                     key = (row["project_id"], row["repo_name"], row["image_name"])
+                    wanted = key in counts
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     continue  # the last line, cut short by the kill
-                if key in done:
+                if wanted:
                     new.write(line)
-                    kept += 1
+                    counts[key] += 1
         os.replace(tmp, self.part_path)
-        return kept
+        return counts
 
     def _close_checkpoint(self, remove: bool) -> None:
         if self._checkpoint is not None:

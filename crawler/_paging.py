@@ -16,6 +16,7 @@ times.  Rows are handed on as soon as they arrive, each name only once.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,27 +53,35 @@ class Listing:
 class _Pass:
     names: set[str] = field(default_factory=set)
     totals: set[int] = field(default_factory=set)
-    doubtful: bool = False  # a repeated row, an early empty page, a stale page
+    repeats: bool = False  # a page repeated rows of this pass: rows moved
+    gaps: bool = False  # a page came back empty before the end TotalCount gave
+    # Pages are not asked for from here on: an empty page or a page of
+    # repeats was met there, so nothing new lies beyond it in this pass.
+    end: int = sys.maxsize
 
     def consistent(self) -> bool:
         return (
-            not self.doubtful
+            not (self.repeats or self.gaps)
             and len(self.totals) == 1
             and len(self.names) == next(iter(self.totals))
         )
 
 
 async def read_listing(listing: Listing, max_passes: int) -> bool:
-    """Read ``listing`` until it settles; return whether it did."""
+    """Read ``listing`` until it settles; return whether it did.
+
+    Two passes that found the same names agree only if neither repeated
+    rows: a server that ignores Offset finds the same first page every time.
+    """
     previous: set[str] | None = None
     while listing.passes < max_passes:
         listing.passes += 1
         if listing.passes > 1:
             listing.client.stats.repasses += 1
         result = await _read_pass(listing)
-        if result.consistent() or result.names == previous:
+        if result.consistent() or (result.names == previous and not result.repeats):
             return True
-        previous = result.names
+        previous = None if result.repeats else result.names
     return False
 
 
@@ -82,8 +91,12 @@ async def _read_pass(listing: Listing) -> _Pass:
     await _absorb(listing, result, rows)
     first = len(rows)
     if first == 0:
-        result.doubtful = total != 0
+        result.gaps = total != 0
         return result
+    if first > total:
+        # More rows than TotalCount says there are: the count is wrong, so
+        # page on until the rows run out.
+        total = sys.maxsize
     # A short first page that is not the whole listing means the server caps
     # the page size: page at the size it really serves.
     step = listing.page_size if first >= min(listing.page_size, total) else first
@@ -104,20 +117,29 @@ async def _page_worker(
     listing: Listing, result: _Pass, offsets: Iterator[int], step: int
 ) -> None:
     for offset in offsets:
+        if offset >= result.end:
+            return
         await _read_span(listing, result, offset, step)
 
 
 async def _read_span(listing: Listing, result: _Pass, offset: int, want: int) -> None:
-    """Read ``want`` rows from ``offset``, continuing after short pages."""
-    while want > 0:
+    """Read ``want`` rows from ``offset``, continuing after short pages.
+
+    Every request either brings rows new to the pass or ends the span, and
+    an empty page or a page of repeats also ends the pass's paging at that
+    offset, so a pass makes a bounded number of requests whatever
+    ``TotalCount`` claims.
+    """
+    while want > 0 and offset < result.end:
         rows, total = await _fetch(listing, offset, want, result)
         if not rows:
             # Fewer rows than TotalCount promised: rows were deleted, or the
             # count is wrong.  Either way this pass cannot be trusted.
-            result.doubtful = True
+            result.gaps = result.gaps or offset < total
+            result.end = min(result.end, offset)
             return
         if not await _absorb(listing, result, rows):
-            result.doubtful = True  # a page of repeats: the rows moved
+            result.end = min(result.end, offset)
             return
         if len(rows) >= want or offset + len(rows) >= total:
             return
@@ -138,19 +160,25 @@ async def _fetch(
 async def _absorb(listing: Listing, result: _Pass, rows: Rows) -> int:
     """Record one page's rows; hand on the new ones; return how many were new
     to this pass."""
+    if not rows:
+        return 0
     try:
         names = [row[listing.name_key] for row in rows]
     except (KeyError, TypeError):
-        raise TargetError(
-            f"a row of {listing.set_key} has no {listing.name_key}",
+        names = []
+    if not names or set(map(type, names)) != {str}:
+        exc = TargetError(
+            f"a row of {listing.set_key} has no {listing.name_key} string",
             action=listing.action,
-        ) from None
+        )
+        exc.params = dict(listing.params)
+        raise exc
     pass_names = result.names
     before = len(pass_names)
     pass_names.update(names)
     new_in_pass = len(pass_names) - before
     if new_in_pass != len(names):
-        result.doubtful = True
+        result.repeats = True
     seen = listing.seen
     if new_in_pass == len(names) and seen.isdisjoint(names):
         fresh = rows

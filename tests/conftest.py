@@ -1,17 +1,20 @@
 """Shared fixtures: simulators on loopback, configs aimed at them, and helpers.
 
-Every endpoint a test uses is a simulator it started itself on 127.0.0.1, or a
-loopback port nothing listens on; the crawler's default endpoint is a real
-public host, so no config here relies on it.
+Every endpoint a test uses is a simulator it started itself on 127.0.0.1, a
+plain web server it started itself there (``html_server``), or a loopback port
+nothing listens on; the crawler's default endpoint is a real public host, so no
+config here relies on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -155,6 +158,58 @@ async def start_sim() -> AsyncIterator[StartSim]:
             return await stack.enter_async_context(sim)
 
         yield start
+
+
+# A web page, as a web server that is not the API answers.
+NOT_THE_API_PAGE = b"<html><body><h1>Welcome</h1></body></html>"
+
+
+class HtmlServer:
+    """A web server on loopback that answers every request with
+    ``NOT_THE_API_PAGE`` and status 200: what a wrong endpoint looks like."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                with server._lock:
+                    server.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(NOT_THE_API_PAGE)))
+                self.end_headers()
+                self.wfile.write(NOT_THE_API_PAGE)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet
+
+        self._lock = threading.Lock()
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def html_server() -> Iterator[HtmlServer]:
+    """A web server of the test's own on loopback that is not the API."""
+    server = HtmlServer()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------- processes

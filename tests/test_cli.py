@@ -17,8 +17,10 @@ import orjson
 import pytest
 from conftest import (
     DEAD_ENDPOINT,
+    NOT_THE_API_PAGE,
     SIM_SEED,
     SIM_TAGS,
+    HtmlServer,
     SimProcess,
     clean_env,
     crawler_command,
@@ -264,6 +266,69 @@ def test_an_unknown_project_exits_3_with_an_error_line(
     assert lines(result.stderr)[-1].endswith(" 1 failures")
 
 
+def test_nothing_exported_exits_1_and_keeps_the_previous_export(
+    run: Run, tmp_path: Path, config_file: Path
+) -> None:
+    previous = b'{"an": "earlier export"}\n'
+    (tmp_path / "tags.jsonl").write_bytes(previous)
+    result = run("crawl", "--config", str(config_file), "--project", "nope")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert lines(result.stderr) == [
+        "crawler: WARNING: giving up on project nope: GetRepo: RetCode 292: "
+        "project 'nope' not found",
+        "crawler: error: nothing could be exported: 1 target failed, listed in "
+        "errors.jsonl; tags.jsonl was left as it was",
+    ]
+    assert (tmp_path / "tags.jsonl").read_bytes() == previous
+    (failure,) = read_jsonl(tmp_path / "errors.jsonl")
+    assert failure == {
+        "action": "GetRepo",
+        "params": {
+            "Type": failure["params"]["Type"],
+            "ProjectId": "nope",
+            "Offset": 0,
+            "Limit": 100,
+        },
+        "ret_code": 292,
+        "http_status": None,
+        "message": "project 'nope' not found",
+        "attempts": 1,
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "crawler.toml",
+        "errors.jsonl",
+        "tags.jsonl",
+    ]
+
+
+def test_an_endpoint_that_is_not_the_api_is_one_line_and_exit_1(
+    run: Run, tmp_path: Path, html_server: HtmlServer
+) -> None:
+    config = tmp_path / "crawler.toml"
+    config.write_text(toml_config(html_server.url, extra_crawl="max_retries = 20"))
+    previous = b'{"an": "earlier export"}\n'
+    (tmp_path / "tags.jsonl").write_bytes(previous)
+    result = run("crawl", "--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert lines(result.stderr) == [
+        f"crawler: error: GetRepo: cannot use {html_server.url}: answer is not an "
+        f"API response: {NOT_THE_API_PAGE.decode()!r}; check api.endpoint, "
+        "CRAWLER_ENDPOINT or --endpoint"
+    ]
+    assert (tmp_path / "tags.jsonl").read_bytes() == previous
+    assert (tmp_path / "errors.jsonl").read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "crawler.toml",
+        "errors.jsonl",
+        "tags.jsonl",
+    ]
+    # It stopped after 8 such answers (and what was then in flight), long
+    # before the 4 listings could spend their 21 tries each.
+    assert 8 <= html_server.requests < 4 * 21
+
+
 def test_page_size_option_sets_the_requests(
     run: Run,
     tmp_path: Path,
@@ -356,8 +421,12 @@ def test_a_wrong_private_key_is_one_line_and_exit_1(
     assert result.returncode == 1
     assert result.stdout == ""
     (line,) = lines(result.stderr)
-    assert line.startswith("crawler: error: GetRepo: RetCode 171: ")
-    assert "private key" in line
+    assert line == (
+        "crawler: error: GetRepo: RetCode 171: Signature does not match the "
+        "parameters; sign every parameter but Signature with the private key of "
+        "PublicKey (the private key does not fit the public key: check "
+        "api.private_key or CRAWLER_PRIVATE_KEY)"
+    )
     assert WRONG_KEY not in result.stderr
     # Nothing was exported, so nothing is left to resume from.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -483,6 +552,46 @@ def test_an_unwritable_output_is_one_line_and_exit_1(
 
 
 @pytest.mark.parametrize(
+    ("errors", "message"),
+    [
+        (
+            "tags.jsonl",
+            "output.errors 'tags.jsonl' and output.path 'tags.jsonl' would write "
+            "the same files; choose another --errors",
+        ),
+        (
+            "tags.jsonl.part",
+            "output.errors 'tags.jsonl.part' and output.path 'tags.jsonl' would "
+            "write the same files; choose another --errors",
+        ),
+        (
+            "tags.jsonl.checkpoint",
+            "output.errors 'tags.jsonl.checkpoint' and output.path 'tags.jsonl' "
+            "would write the same files; choose another --errors",
+        ),
+        (
+            "tags.jsonl.lock",
+            "output.errors 'tags.jsonl.lock' and output.path 'tags.jsonl' would "
+            "write the same files; choose another --errors",
+        ),
+        ("-", "output.errors must be a file, not standard output"),
+    ],
+    ids=["export", "part", "checkpoint", "lock", "stdout"],
+)
+def test_an_errors_file_that_clashes_with_the_export_is_one_line_and_exit_1(
+    run: Run, tmp_path: Path, config_file: Path, errors: str, message: str
+) -> None:
+    previous = b'{"an": "earlier export"}\n'
+    (tmp_path / "tags.jsonl").write_bytes(previous)
+    result = run("crawl", "--config", str(config_file), "--errors", errors)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert lines(result.stderr) == [f"crawler: error: {message}"]
+    assert (tmp_path / "tags.jsonl").read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crawler.toml", "tags.jsonl"]
+
+
+@pytest.mark.parametrize(
     "args",
     [
         [],
@@ -503,6 +612,32 @@ def test_usage_errors_exit_2(run: Run, tmp_path: Path, args: list[str]) -> None:
     assert result.stdout == ""
     assert result.stderr.startswith("usage: crawler")
     assert re.match(r"crawler( \w+)?: error: ", lines(result.stderr)[-1])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "unknown"),
+    [
+        (["crawl", "--bogus"], "crawl", "--bogus"),
+        (["crawl", "extra"], "crawl", "extra"),
+        (["tags", "web", "api", "--bogus"], "tags", "--bogus"),
+        (["tags", "web", "api", "more"], "tags", "more"),
+        (["simulate", "--bogus", "1"], "simulate", "--bogus 1"),
+        (["demo", "--bogus"], "demo", "--bogus"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_unknown_arguments_are_reported_by_the_command(
+    run: Run, tmp_path: Path, args: list[str], command: str, unknown: str
+) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    # The command's own usage, not the top-level one.
+    assert result.stderr.startswith(f"usage: crawler {command} [-h]")
+    assert lines(result.stderr)[-1] == (
+        f"crawler {command}: error: unrecognized arguments: {unknown}"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -565,6 +700,48 @@ def test_tags_of_another_project_and_one_tag(
     )
     assert one.returncode == 0, one.stderr
     assert [orjson.loads(x) for x in one.stdout.splitlines()] == [wanted]
+
+
+def test_tags_without_project_use_the_one_configured_project(
+    run: Run, tmp_path: Path, sim_process: SimProcess, truth: list[dict[str, Any]]
+) -> None:
+    config = tmp_path / "crawler.toml"
+    config.write_text(toml_config(sim_process.url, projects=("org-ml",)))
+    repo, image = biggest_image(truth, "org-ml")
+    result = run("tags", repo, image, "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    rows = [orjson.loads(line) for line in result.stdout.splitlines()]
+    expected = [
+        row
+        for row in truth
+        if (row["project_id"], row["repo_name"], row["image_name"])
+        == ("org-ml", repo, image)
+    ]
+    assert expected
+    assert sort_rows(rows) == expected
+
+
+def test_tags_of_a_tag_that_does_not_exist(
+    run: Run, config_file: Path, truth: list[dict[str, Any]]
+) -> None:
+    repo, image = biggest_image(truth, "org-ml")
+    result = run(
+        "tags",
+        repo,
+        image,
+        "--project",
+        "org-ml",
+        "--tag",
+        "no-such-tag",
+        "--config",
+        str(config_file),
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert lines(result.stderr) == [
+        f"crawler: error: {repo}/{image} has no tag 'no-such-tag'"
+    ]
 
 
 def test_tags_of_an_unknown_image(

@@ -97,6 +97,7 @@ class _Response:
     def __init__(self, reply: Reply) -> None:
         self.status = reply.status
         self.headers = reply.headers
+        self.content_length = len(reply.body)
         self._reply = reply
 
     async def read(self) -> bytes:
@@ -143,7 +144,11 @@ class FakeSession:
         return _Pending(self)
 
     def post(
-        self, url: object, data: Any = None, headers: dict[str, str] | None = None
+        self,
+        url: object,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
     ) -> _Pending:
         self.sent.append(Sent("POST", str(url), data, headers))
         return _Pending(self)
@@ -309,8 +314,20 @@ async def test_ret_code_153_throttles_and_retries(
     client, session = make_client([answer(153), OK], max_retries=0)
     assert await call(client) == orjson.loads(OK.body)
     assert len(session.sent) == 2
+    # A throttling answer is counted as throttled, not as a retry after a fault.
     assert client.stats.throttled == 1
-    assert client.stats.retries == 1
+    assert client.stats.retries == 0
+
+
+# What each refusal of the keys adds to the server's message.
+AUTH_HINTS = {
+    170: "",
+    171: " (the private key does not fit the public key: check api.private_key "
+    "or CRAWLER_PRIVATE_KEY)",
+    172: " (the public key is unknown: check api.public_key or CRAWLER_PUBLIC_KEY)",
+    173: "",
+    174: " (the token is unknown: check the account's keys)",
+}
 
 
 @pytest.mark.parametrize("ret_code", [170, 171, 172, 173, 174])
@@ -324,7 +341,10 @@ async def test_auth_ret_codes_stop_at_once(
     assert isinstance(exc, FatalError)
     assert (exc.ret_code, exc.http_status) == (ret_code, None)
     assert exc.action == "GetImageTag"
-    assert str(exc) == f"GetImageTag: RetCode {ret_code}: keys refused"
+    assert exc.message == "keys refused" + AUTH_HINTS[ret_code]
+    assert str(exc) == (
+        f"GetImageTag: RetCode {ret_code}: keys refused{AUTH_HINTS[ret_code]}"
+    )
     assert exc.attempts == 1
     assert exc.params == PARAMS
     assert len(session.sent) == 1
@@ -389,7 +409,7 @@ async def test_status_429_throttles(
 ) -> None:
     client, _ = make_client([Reply(status=429, body=b"slow down"), OK])
     assert await call(client) == orjson.loads(OK.body)
-    assert (client.stats.retries, client.stats.throttled) == (1, 1)
+    assert (client.stats.retries, client.stats.throttled) == (0, 1)
 
 
 @pytest.mark.parametrize("status", [400, 403, 404])
@@ -417,8 +437,8 @@ async def test_a_404_before_any_answer_means_a_wrong_endpoint(
     assert isinstance(info.value, ConnectionError)
     assert info.value.http_status == 404
     assert str(info.value) == (
-        f"GetImageTag: HTTP 404: {ENDPOINT} answered HTTP 404, not the API; "
-        "check api.endpoint or --endpoint"
+        f"GetImageTag: HTTP 404: cannot use {ENDPOINT}: it answered HTTP 404; "
+        "check api.endpoint, CRAWLER_ENDPOINT or --endpoint"
     )
     assert len(session.sent) == 1
 
@@ -466,12 +486,15 @@ async def test_throttling_does_not_use_up_the_retries(
     assert await call(client) == orjson.loads(OK.body)
     assert len(session.sent) == 5
     assert client.stats.throttled == 3
+    assert client.stats.retries == 1  # the 503 alone
 
 
 async def test_endless_throttling_ends(
     make_client: MakeClient, sleeps: list[float]
 ) -> None:
-    client, session = make_client([answer(153)])
+    # A rate so high that even slowed down 64-fold it never makes the test
+    # wait: only the count of throttling answers is under test.
+    client, session = make_client([answer(153)], rate_per_s=1e9)
     with pytest.raises(ThrottledError) as info:
         await call(client)
     # 200 throttling answers are waited out; the 201st gives up.
@@ -705,8 +728,92 @@ async def test_an_endpoint_that_never_answers_fails_fast(
     assert len(session.sent) == 3
     assert str(info.value) == (
         f"GetImageTag: cannot connect to {ENDPOINT}: Connection refused; "
-        "check api.endpoint or --endpoint"
+        "check api.endpoint, CRAWLER_ENDPOINT or --endpoint"
     )
+
+
+NOT_THE_API = b"<html><body>Welcome to nginx!</body></html>"
+
+
+async def test_answers_that_are_not_the_api_mean_a_wrong_endpoint(
+    make_client: MakeClient, sleeps: list[float]
+) -> None:
+    # Before any call has succeeded, 8 answers that are not the API's stop the
+    # crawl, however many retries one call may have.
+    client, session = make_client([Reply(body=NOT_THE_API)], max_retries=20)
+    with pytest.raises(EndpointError) as info:
+        await call(client)
+    assert isinstance(info.value, ConnectionError)
+    assert info.value.http_status is None
+    assert str(info.value) == (
+        f"GetImageTag: cannot use {ENDPOINT}: answer is not an API response: "
+        f"{NOT_THE_API.decode()!r}; check api.endpoint, CRAWLER_ENDPOINT or "
+        "--endpoint"
+    )
+    assert len(session.sent) == 8
+    assert (client.stats.requests, client.stats.retries) == (8, 7)
+
+
+async def test_answers_that_are_not_the_api_are_counted_over_all_calls(
+    make_client: MakeClient, sleeps: list[float]
+) -> None:
+    client, session = make_client([Reply(body=NOT_THE_API)], max_retries=4)
+    with pytest.raises(TransientError) as first:
+        await call(client)
+    assert type(first.value) is TransientError
+    assert first.value.attempts == 5
+    with pytest.raises(EndpointError) as second:
+        await call(client)
+    assert str(second.value) == (
+        f"GetImageTag: cannot use {ENDPOINT}: answer is not an API response: "
+        f"{NOT_THE_API.decode()!r}; check api.endpoint, CRAWLER_ENDPOINT or "
+        "--endpoint"
+    )
+    assert len(session.sent) == 8  # 5 + 3
+
+
+async def test_answers_that_never_come_mean_a_wrong_endpoint(
+    make_client: MakeClient,
+) -> None:
+    # A tiny real timeout: the wait is 8 x 20 ms.
+    client, session = make_client(
+        [Reply(hang=True)], api={"timeout_s": 0.02}, max_retries=20, backoff_base_s=0
+    )
+    with pytest.raises(EndpointError) as info:
+        await call(client)
+    assert str(info.value) == (
+        f"GetImageTag: cannot use {ENDPOINT}: no complete answer within 0.02s; "
+        "check api.endpoint, CRAWLER_ENDPOINT or --endpoint"
+    )
+    assert len(session.sent) == 8
+
+
+async def test_answers_that_are_not_the_api_after_a_success_are_retried(
+    make_client: MakeClient, sleeps: list[float]
+) -> None:
+    client, session = make_client([OK, Reply(body=NOT_THE_API)], max_retries=20)
+    await call(client)
+    with pytest.raises(TransientError) as info:
+        await call(client)
+    assert type(info.value) is TransientError
+    assert info.value.message == (
+        f"answer is not an API response: {NOT_THE_API.decode()!r}"
+    )
+    assert info.value.attempts == 21
+    assert len(session.sent) == 22
+
+
+async def test_server_faults_before_any_success_are_not_a_wrong_endpoint(
+    make_client: MakeClient, sleeps: list[float]
+) -> None:
+    # A 503 with an HTML page is the server's bad moment, not a sign of a
+    # wrong endpoint: the call is retried as often as it may be.
+    client, session = make_client([html(503, "Service Unavailable")], max_retries=20)
+    with pytest.raises(TransientError) as info:
+        await call(client)
+    assert type(info.value) is TransientError
+    assert (info.value.http_status, info.value.attempts) == (503, 21)
+    assert len(session.sent) == 21
 
 
 async def test_a_dropped_connection_is_transient(
@@ -826,14 +933,23 @@ async def test_retry_after_pauses_every_request(
     monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
 ) -> None:
     clock = LoopClock(monkeypatch)
-    rate = AdaptiveRate(0)  # no limit: only the pause applies
+    rate = AdaptiveRate(0)  # no limit until the server throttles
     await rate.acquire()
     assert sleeps == []
     rate.throttled(12.0)
-    clock.now += 2.0
-    await rate.acquire()
-    assert sleeps == [10.0]
-    clock.now += 10.0
-    await rate.acquire()
-    assert sleeps == [10.0]
-    assert rate.current_rate_per_s == 0.0
+    # One request in the first (shortest counted) 0.25 s: a pace of 4/s,
+    # halved.
+    assert (rate.rate_per_s, rate.current_rate_per_s) == (4.0, 2.0)
+
+    async def acquire_after(seconds: float) -> None:
+        clock.now += seconds
+        waiting = asyncio.create_task(rate.acquire())
+        for _ in range(5):
+            await _real_sleep(0)
+        waiting.cancel()  # past the pause it waits for the bucket: enough
+        await asyncio.gather(waiting, return_exceptions=True)
+
+    await acquire_after(2.0)
+    assert sleeps == [10.0]  # the rest of the server's Retry-After
+    await acquire_after(10.0)
+    assert sleeps == [10.0]  # the pause is over

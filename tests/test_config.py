@@ -158,6 +158,16 @@ def test_unknown_names_are_reported_with_a_suggestion(
         ('[crawl]\nrate = "fast"\n', "crawl.rate must be a number, not 'fast'"),
         ("[api]\ntimeout = false\n", "api.timeout must be a number, not False"),
         ("[api]\npublic_key = 12\n", "api.public_key must be a string, not 12"),
+        # A secret is never echoed, only its type is named.
+        ("[api]\nprivate_key = 12\n", "api.private_key must be a string, not an int"),
+        (
+            "[api]\nprivate_key = 1.5\n",
+            "api.private_key must be a string, not a float",
+        ),
+        (
+            '[api]\nprivate_key = ["k"]\n',
+            "api.private_key must be a string, not a list",
+        ),
         (
             '[crawl]\nprojects = "org-ml"\n',
             "crawl.projects must be a list of strings, not 'org-ml'",
@@ -198,12 +208,14 @@ def test_wrong_types_name_the_key_and_the_value(
         (
             '[api]\nendpoint = "ftp://127.0.0.1"\n',
             "api.endpoint 'ftp://127.0.0.1' is not an http(s) URL; "
-            "write it like 'https://api.example.com'",
+            "write it like 'https://api.example.com' "
+            "(in the config, CRAWLER_ENDPOINT or --endpoint)",
         ),
         (
             '[api]\nendpoint = "http://127.0.0.1:99999"\n',
             "api.endpoint 'http://127.0.0.1:99999' is not an http(s) URL; "
-            "write it like 'https://api.example.com'",
+            "write it like 'https://api.example.com' "
+            "(in the config, CRAWLER_ENDPOINT or --endpoint)",
         ),
         (
             '[api]\nendpoint = "http://127.0.0.1/?a=1"\n',
@@ -231,6 +243,43 @@ def test_values_that_cannot_work(write: Write, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(text), environ={})
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("path", "errors"),
+    [
+        ("out.jsonl", "out.jsonl"),
+        ("out.jsonl", "out.jsonl.part"),
+        ("out.jsonl", "out.jsonl.checkpoint"),
+        ("out.jsonl", "out.jsonl.lock"),
+        ("./out.jsonl", "out.jsonl.part"),  # one file, however it is spelt
+    ],
+    ids=["export", "part", "checkpoint", "lock", "spelt-differently"],
+)
+def test_the_errors_file_must_not_be_one_of_the_exports_files(
+    write: Write, path: str, errors: str
+) -> None:
+    text = f'[output]\npath = "{path}"\nerrors = "{errors}"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(text), environ={})
+    assert str(info.value) == (
+        f"output.errors {errors!r} and output.path {path!r} would write the "
+        "same files; choose another --errors"
+    )
+
+
+@pytest.mark.parametrize("path", ["out.jsonl", "-"])
+def test_the_errors_file_must_not_be_stdout(write: Write, path: str) -> None:
+    text = f'[output]\npath = "{path}"\nerrors = "-"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(text), environ={})
+    assert str(info.value) == "output.errors must be a file, not standard output"
+
+
+def test_the_errors_file_beside_the_export_is_fine(write: Write) -> None:
+    text = '[output]\npath = "out.jsonl"\nerrors = "out.jsonl.errors"\n'
+    config = load_config(write(text), environ={})
+    assert config.output == OutputConfig(path="out.jsonl", errors="out.jsonl.errors")
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -283,6 +332,17 @@ def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
             {"private_key": "priv"},
             "api.public_key is not set; put it in the config file's [api] table "
             "or export CRAWLER_PUBLIC_KEY",
+        ),
+        # Whitespace alone is no key.
+        (
+            {"public_key": "  ", "private_key": "priv"},
+            "api.public_key is not set; put it in the config file's [api] table "
+            "or export CRAWLER_PUBLIC_KEY",
+        ),
+        (
+            {"public_key": "pub", "private_key": "\t\n"},
+            "api.private_key is not set; put it in the config file's [api] table "
+            "or export CRAWLER_PRIVATE_KEY",
         ),
     ],
 )
@@ -366,7 +426,8 @@ def test_a_bad_environment_endpoint_is_reported() -> None:
         load_config(None, environ={"CRAWLER_ENDPOINT": "127.0.0.1:8080"})
     assert str(info.value) == (
         "api.endpoint '127.0.0.1:8080' is not an http(s) URL; "
-        "write it like 'https://api.example.com'"
+        "write it like 'https://api.example.com' "
+        "(in the config, CRAWLER_ENDPOINT or --endpoint)"
     )
 
 

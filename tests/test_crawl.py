@@ -13,7 +13,9 @@ import pytest
 from conftest import (
     DEAD_ENDPOINT,
     LAYOUT_REPO_TYPES,
+    NOT_THE_API_PAGE,
     ROW_KEYS,
+    HtmlServer,
     StartSim,
     make_config,
     read_jsonl,
@@ -24,6 +26,7 @@ from conftest import (
 from crawler import (
     AuthError,
     ConfigError,
+    CrawlerError,
     EndpointError,
     OutputConfig,
     OutputError,
@@ -275,7 +278,12 @@ async def test_a_wrong_private_key_stops_the_crawl(
                 taken.append(tag)
     assert taken == []
     assert info.value.ret_code == 171
-    assert str(info.value).startswith("GetRepo: RetCode 171: Signature does not match")
+    assert str(info.value) == (
+        "GetRepo: RetCode 171: Signature does not match the parameters; sign "
+        "every parameter but Signature with the private key of PublicKey "
+        "(the private key does not fit the public key: check api.private_key "
+        "or CRAWLER_PRIVATE_KEY)"
+    )
     # Only the first listings went out, each refused once, none retried.
     refused = sim.stats.ret_codes[171]
     assert sim.stats.ret_codes == {171: refused}
@@ -292,6 +300,10 @@ async def test_an_unknown_public_key_stops_the_crawl(
         with pytest.raises(AuthError) as info:
             await crawler.image_tags("web", "three", project_id="acme")
     assert info.value.ret_code == 172
+    assert str(info.value) == (
+        "GetImageTag: RetCode 172: unknown PublicKey 'nobody' (the public key "
+        "is unknown: check api.public_key or CRAWLER_PUBLIC_KEY)"
+    )
     assert dict(sim.stats.requests) == {"GetImageTag": 1}
 
 
@@ -303,9 +315,30 @@ async def test_nothing_listening_is_an_endpoint_error() -> None:
                 pass
     message = str(info.value)
     assert message.startswith(f"GetRepoImage: cannot connect to {DEAD_ENDPOINT}: ")
-    assert message.endswith("; check api.endpoint or --endpoint")
+    assert message.endswith("; check api.endpoint, CRAWLER_ENDPOINT or --endpoint")
     assert "\n" not in message
     assert crawler.stats.requests == 3  # a wrong endpoint fails fast
+
+
+async def test_a_web_server_that_is_not_the_api_is_an_endpoint_error(
+    html_server: HtmlServer,
+) -> None:
+    config = make_config(
+        html_server.url, projects=("acme",), repos=("web",), max_retries=20
+    )
+    async with TagCrawler(config) as crawler:
+        with pytest.raises(EndpointError) as info:
+            async for _ in crawler.tags():
+                pass
+    assert info.value.http_status is None
+    assert str(info.value) == (
+        f"GetRepoImage: cannot use {html_server.url}: answer is not an API "
+        f"response: {NOT_THE_API_PAGE.decode()!r}; check api.endpoint, "
+        "CRAWLER_ENDPOINT or --endpoint"
+    )
+    # 8 answers that are not the API's, not the 21 tries a call may have.
+    assert crawler.stats.requests == 8
+    assert html_server.requests == 8
 
 
 async def test_answered_faults_are_retried_to_an_exact_export(
@@ -330,9 +363,11 @@ async def test_answered_faults_are_retried_to_an_exact_export(
     assert crawler.failures == []
     injected = sim.stats.faults
     assert sum(injected.values()) > 20  # the run really met faults
-    # Each fault costs exactly one retry; throttling answers are counted too.
-    assert crawler.stats.retries == sum(injected.values())
+    # Each fault costs exactly one retry; throttling answers are counted
+    # apart, as throttled and not as retries.
     throttled = injected["retcode_153"] + injected["http_429_date"]
+    assert throttled > 0
+    assert crawler.stats.retries == sum(injected.values()) - throttled
     assert crawler.stats.throttled == throttled
     assert crawler.stats.requests == sum(sim.stats.requests.values())
 
@@ -427,6 +462,60 @@ async def test_export_with_failed_targets(
     )
     assert failure["message"] == "project 'nope' not found"
     assert not Path(output.path + ".part").exists()
+
+
+async def test_nothing_exported_keeps_the_previous_export(
+    start_sim: StartSim, layout_registry: SimRegistry, tmp_path: Path
+) -> None:
+    sim = await start_sim(layout_registry)
+    output = output_in(tmp_path)
+    previous = b'{"an": "earlier export"}\n'
+    Path(output.path).write_bytes(previous)
+    config = make_config(sim.url, projects=("nope",), output=output)
+    stats = Stats()
+    with pytest.raises(CrawlerError) as info:
+        await export(config, resume=False, stats=stats)
+    assert str(info.value) == (
+        f"nothing could be exported: 1 target failed, listed in {output.errors}; "
+        f"{output.path} was left as it was"
+    )
+    assert Path(output.path).read_bytes() == previous
+    (failure,) = read_jsonl(output.errors)
+    assert failure == {
+        "action": "GetRepo",
+        "params": {
+            "ProjectId": "nope",
+            "Type": failure["params"]["Type"],
+            "Offset": 0,
+            "Limit": 100,
+        },
+        "ret_code": 292,
+        "http_status": None,
+        "message": "project 'nope' not found",
+        "attempts": 1,
+    }
+    assert (stats.tags, stats.failures) == (0, 1)
+    # Nothing to resume from: no part file, no checkpoint.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.jsonl", "tags.jsonl"]
+
+
+async def test_an_endpoint_that_is_not_the_api_keeps_the_previous_export(
+    html_server: HtmlServer, tmp_path: Path
+) -> None:
+    output = output_in(tmp_path)
+    previous = b'{"an": "earlier export"}\n'
+    Path(output.path).write_bytes(previous)
+    config = make_config(html_server.url, projects=BOTH_PROJECTS, output=output)
+    with pytest.raises(EndpointError) as info:
+        await export(config, resume=False, stats=Stats())
+    assert str(info.value) == (
+        f"GetRepo: cannot use {html_server.url}: answer is not an API "
+        f"response: {NOT_THE_API_PAGE.decode()!r}; check api.endpoint, "
+        "CRAWLER_ENDPOINT or --endpoint"
+    )
+    assert Path(output.path).read_bytes() == previous
+    assert Path(output.errors).read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.jsonl", "tags.jsonl"]
 
 
 async def test_a_refused_key_leaves_no_export_behind(

@@ -86,3 +86,20 @@ async def test_throttling_slows_the_flow(monkeypatch: pytest.MonkeyPatch) -> Non
     rate.throttled(None)  # halve: 64/s
     counts = await _admitted_over_time(rate, clock, 200, 1 / 64, 64)
     assert counts[-1] == 64  # one second at half the configured rate
+
+
+async def test_no_rate_set_means_the_pace_reached_until_throttled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock(monkeypatch)
+    rate = AdaptiveRate(0)
+    for _ in range(256):  # 256 requests in the first two seconds: no waiting
+        await rate.acquire()
+        await clock.advance(2 / 256)
+    assert rate.current_rate_per_s == 0  # no limit yet
+    rate.throttled(None)
+    # The pace reached, 128/s, halved.
+    assert rate.rate_per_s == 128.0
+    assert rate.current_rate_per_s == 64.0
+    counts = await _admitted_over_time(rate, clock, 200, 1 / 64, 64)
+    assert counts[-1] == 64
