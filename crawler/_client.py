@@ -349,7 +349,9 @@ class ApiClient:
         built once per listing (``_page_template``) and reused.
         """
         offset, limit = params.get("Offset"), params.get("Limit")
-        if type(offset) is not int or type(limit) is not int:
+        if not offset or type(offset) is not int or type(limit) is not int:
+            # Most listings are one page long: a template pays off only from
+            # a listing's second page on.
             return encode_params(self._signed(action, params))
         scope = tuple([item for item in params.items() if item[0] not in _PAGE_PARAMS])
         template = self._page_template(action, scope)
