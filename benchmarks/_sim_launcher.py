@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 
 from crawler import _simulator
 
@@ -53,7 +54,8 @@ def main() -> None:
         # A private walk, but the only way to build every tag list up front.
         for image in registry._images():
             image.tags()
-    asyncio.run(_simulator.serve(registry, options, host, port))
+    announce = functools.partial(print, flush=True)  # _procs reads the URL
+    asyncio.run(_simulator.serve(registry, options, host, port, announce=announce))
 
 
 if __name__ == "__main__":

@@ -269,7 +269,7 @@ async def _simulate_command(args: argparse.Namespace) -> int:
 
     registry, options, host, port = _simulator.options_from_args(args)
     try:
-        await _simulator.serve(registry, options, host, port)
+        await _simulator.serve(registry, options, host, port, announce=_say)
     except OSError as exc:
         raise ConfigError(
             f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
@@ -281,7 +281,15 @@ async def _simulate_command(args: argparse.Namespace) -> int:
 async def _demo_command(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return await run_demo(args, lambda stats: _summary(args, stats))
+    return await run_demo(args, lambda stats: _summary(args, stats), _say_stderr)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _say_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _summary(args: argparse.Namespace, stats: Stats) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +55,11 @@ def _row_key(row: dict[str, Any]) -> tuple[str, str, str, str]:
     )
 
 
-async def run_demo(args: argparse.Namespace, summary: Callable[[Stats], None]) -> int:
+async def run_demo(
+    args: argparse.Namespace,
+    summary: Callable[[Stats], None],
+    say: Callable[[str], None],
+) -> int:
     """Serve a simulated registry on a free loopback port, export it, check it."""
     from ._cli import export
 
@@ -74,18 +77,17 @@ async def run_demo(args: argparse.Namespace, summary: Callable[[Stats], None]) -
             ),
             output=OutputConfig(path=args.out, errors=args.errors),
         )
-        print(f"crawler demo: simulated registry at {sim.url}", file=sys.stderr)
+        say(f"crawler demo: simulated registry at {sim.url}")
         stats = Stats()
         status = await export(config, resume=False, stats=stats)
         summary(stats)
     truth = registry.truth_rows("current")
     problems = compare_export(args.out, truth)
     if problems:
-        print(f"crawler demo: export is WRONG: {'; '.join(problems)}", file=sys.stderr)
+        say(f"crawler demo: export is WRONG: {'; '.join(problems)}")
         return 1
-    print(
+    say(
         f"crawler demo: {args.out} holds all {len(truth):,} tags of the simulated "
-        "registry, each once, every field equal to the ground truth",
-        file=sys.stderr,
+        "registry, each once, every field equal to the ground truth"
     )
     return status

@@ -1207,18 +1207,22 @@ async def serve(
     options: SimOptions,
     host: str = "127.0.0.1",
     port: int = 8080,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the simulator until cancelled; the ``crawler simulate`` loop."""
+    """Serve the simulator until cancelled; the ``crawler simulate`` loop.
+
+    ``announce`` gets one line once the server listens: its URL, size and
+    the (simulated, not secret) account keys a client needs."""
     async with SimServer(registry, options, host=host, port=port) as sim:
         counts = registry.counts()
         public_key, private_key = next(iter(options.accounts.items()), ("", ""))
-        print(
-            f"registry simulator on {sim.url}: {counts['projects']} projects, "
-            f"{counts['repos']} repositories, {counts['images']} images, "
-            f"{counts['tags']} tags; public key {public_key!r}, "
-            f"private key {private_key!r}",
-            flush=True,
-        )
+        if announce is not None:
+            announce(
+                f"registry simulator on {sim.url}: {counts['projects']} projects, "
+                f"{counts['repos']} repositories, {counts['images']} images, "
+                f"{counts['tags']} tags; public key {public_key!r}, "
+                f"private key {private_key!r}"
+            )
         await asyncio.Event().wait()
 
 
