@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from ._client import ApiClient, Stats
-from ._config import Config, require_keys
+from ._config import Config, CrawlConfig, require_keys
 from ._errors import ApiError, FatalError, ProjectError, first_cause
 from ._models import ImageRef, Tag
 from ._paging import Listing, Rows, read_listing
@@ -58,6 +58,41 @@ def failure_record(exc: ApiError, message: str | None = None) -> dict[str, Any]:
         "http_status": exc.http_status,
         "message": message or exc.message,
         "attempts": exc.attempts,
+    }
+
+
+def _make_listing(
+    client: ApiClient,
+    crawl: CrawlConfig,
+    action: str,
+    params: dict[str, object],
+    noun: str,
+    on_rows: Callable[[Rows], Awaitable[None]],
+) -> Listing:
+    """A listing of ``noun`` rows (``TagSet`` of ``TagName``s, and so on)."""
+    return Listing(
+        client=client,
+        action=action,
+        params=params,
+        set_key=f"{noun}Set",
+        name_key=f"{noun}Name",
+        page_size=crawl.page_size,
+        fan_out=crawl.concurrency,
+        on_rows=on_rows,
+    )
+
+
+def _unsettled_record(listing: Listing) -> dict[str, Any]:
+    """The errors-sink line for a listing that never settled; its rows were
+    kept as found."""
+    return {
+        "action": listing.action,
+        "params": dict(listing.params),
+        "ret_code": None,
+        "http_status": None,
+        "message": f"the listing kept changing over {listing.passes} passes; "
+        f"kept the {len(listing.seen)} names seen",
+        "attempts": listing.passes,
     }
 
 
@@ -231,38 +266,17 @@ class _Crawl:
         noun: str,
         on_rows: Callable[[Rows], Awaitable[None]],
     ) -> Listing:
-        return Listing(
-            client=self._client,
-            action=action,
-            params=params,
-            set_key=f"{noun}Set",
-            name_key=f"{noun}Name",
-            page_size=self._crawl.page_size,
-            fan_out=self._crawl.concurrency,
-            on_rows=on_rows,
-        )
+        return _make_listing(self._client, self._crawl, action, params, noun, on_rows)
 
     async def _read(self, listing: Listing) -> bool:
         """Read a listing to the end; a listing that never settles is kept as
         found and reported as a failure."""
         if await read_listing(listing, self._crawl.max_passes):
             return True
-        message = (
-            f"the listing kept changing over {listing.passes} passes; "
-            f"exported the {len(listing.seen)} names seen"
-        )
-        logger.warning("%s %s: %s", listing.action, dict(listing.params), message)
+        record = _unsettled_record(listing)
+        logger.warning("%s %s: %s", listing.action, record["params"], record["message"])
         self._client.stats.failures += 1
-        await self._consumer.failed(
-            {
-                "action": listing.action,
-                "params": dict(listing.params),
-                "ret_code": None,
-                "http_status": None,
-                "message": message,
-                "attempts": listing.passes,
-            }
-        )
+        await self._consumer.failed(record)
         return False
 
     async def _guarded(self, project_id: str | None, work: Awaitable[Any]) -> None:
@@ -430,27 +444,10 @@ class TagCrawler:
         if tag_name is not None:
             params["TagName"] = tag_name
         crawl = self.config.crawl
-        listing = Listing(
-            client=self._client,
-            action="GetImageTag",
-            params=params,
-            set_key="TagSet",
-            name_key="TagName",
-            page_size=crawl.page_size,
-            fan_out=crawl.concurrency,
-            on_rows=found,
+        listing = _make_listing(
+            self._client, crawl, "GetImageTag", params, "Tag", found
         )
         if not await read_listing(listing, crawl.max_passes):
-            self.failures.append(
-                {
-                    "action": "GetImageTag",
-                    "params": params,
-                    "ret_code": None,
-                    "http_status": None,
-                    "message": f"the listing kept changing over {listing.passes} "
-                    f"passes; returned the {len(tags)} tags seen",
-                    "attempts": listing.passes,
-                }
-            )
+            self.failures.append(_unsettled_record(listing))
         self.stats.tags += len(tags)
         return tags
